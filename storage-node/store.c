@@ -1,1 +1,1139 @@
-/* placeholder */
+/*
+ * store: RocksDB, the commit thread and the single write path.
+ *
+ * Mutations queue here; the commit thread takes as many as it can into a
+ * group (never two that touch the same user or domain: see ops_prepare),
+ * runs each against the DB plus the group's overlay, and writes the group as
+ * one synced WriteBatch: each mutation's operations followed by its log
+ * record s{shard}/{epoch}/{lsn}, and the shard's applied (epoch, lsn). Only
+ * then are callers answered and watchers notified.
+ *
+ * Must never: answer before the sync; keep an lsn a failed write used; let a
+ * failed mutation's operations into the batch.
+ */
+#include "store_int.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "mp_buf.h"
+#include "mp_log.h"
+
+struct undo {
+	uint8_t cf;
+	const char *key; /* borrowed */
+	size_t klen;
+	struct op *prev;
+};
+
+struct pm {
+	struct pm *next;
+	struct store *st;  /* borrowed */
+	enum store_op op;
+	const ProtobufCMessage *req; /* borrowed until cb ran */
+	store_done_cb cb;
+	void *arg;
+	char **keys;       /* arena */
+	size_t nkeys;
+	uint32_t shard;
+	struct mp_arena arena;
+	struct opvec ops;
+	struct undo *undo; /* owned */
+	size_t nundo, capundo;
+	struct event *ev;  /* owned */
+	size_t nev, capev;
+	int err;
+	const char *errmsg;
+	ProtobufCMessage *reply;
+	uint64_t lsn;
+	const char *request_id;
+};
+
+static const char *cf_names[CF_COUNT] = { "meta", "blob", "log" };
+
+/* ------------------------------------------------------------ helpers */
+
+const char *arena_errf(struct mp_arena *a, const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	const char *r = mp_arena_strdup(a, buf);
+	return r ? r : "out of memory";
+}
+
+const char *pm_errf(struct pm *pm, const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	const char *r = mp_arena_strdup(&pm->arena, buf);
+	return r ? r : "out of memory";
+}
+
+struct mp_arena *pm_arena(struct pm *pm)
+{
+	return &pm->arena;
+}
+
+static void *arena_pb_alloc(void *data, size_t size)
+{
+	return mp_arena_alloc(data, size);
+}
+
+static void arena_pb_free(void *data, void *ptr)
+{
+	(void)data;
+	(void)ptr; /* freed with the arena */
+}
+
+ProtobufCAllocator *arena_allocator(struct mp_arena *a, ProtobufCAllocator *al)
+{
+	al->alloc = arena_pb_alloc;
+	al->free = arena_pb_free;
+	al->allocator_data = a;
+	return al;
+}
+
+static uint64_t hash_key(int cf, const char *k, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ULL ^ (uint64_t)cf;
+	for (size_t i = 0; i < n; i++) {
+		h ^= (unsigned char)k[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h | 1; /* 0 marks an empty slot */
+}
+
+/* ------------------------------------------------------------ overlay */
+
+static struct ovl_entry *ovl_find(struct overlay *o, int cf, const char *k,
+				  size_t n, uint64_t h)
+{
+	if (o->cap == 0)
+		return NULL;
+	size_t mask = o->cap - 1;
+	for (size_t i = h & mask;; i = (i + 1) & mask) {
+		struct ovl_entry *e = &o->e[i];
+		if (e->hash == 0)
+			return e;
+		if (e->hash == h && e->cf == cf && e->klen == n &&
+		    memcmp(e->key, k, n) == 0)
+			return e;
+	}
+}
+
+static int ovl_grow(struct overlay *o)
+{
+	size_t ncap = o->cap ? o->cap * 2 : 1024;
+	struct ovl_entry *ne = calloc(ncap, sizeof(*ne));
+	if (ne == NULL)
+		return MP_ENOMEM;
+	struct overlay no = { ne, ncap, 0 };
+	for (size_t i = 0; i < o->cap; i++) {
+		struct ovl_entry *e = &o->e[i];
+		if (e->hash == 0)
+			continue;
+		struct ovl_entry *d = ovl_find(&no, e->cf, e->key, e->klen, e->hash);
+		*d = *e;
+		no.n++;
+	}
+	free(o->e);
+	*o = no;
+	return 0;
+}
+
+static void ovl_reset(struct overlay *o)
+{
+	if (o->cap > 65536) {
+		free(o->e);
+		o->e = NULL;
+		o->cap = 0;
+	} else if (o->cap) {
+		memset(o->e, 0, o->cap * sizeof(*o->e));
+	}
+	o->n = 0;
+}
+
+/* Point the overlay at op for its key, remembering what was there so a
+ * failed mutation can be taken back. */
+static int ovl_set(struct store *st, struct pm *pm, struct op *op)
+{
+	struct overlay *o = &st->ovl;
+	if ((o->n + 1) * 2 > o->cap) {
+		int r = ovl_grow(o);
+		if (r < 0)
+			return r;
+	}
+	if (pm->nundo == pm->capundo) {
+		size_t nc = pm->capundo ? pm->capundo * 2 : 16;
+		struct undo *nu = realloc(pm->undo, nc * sizeof(*nu));
+		if (nu == NULL)
+			return MP_ENOMEM;
+		pm->undo = nu;
+		pm->capundo = nc;
+	}
+	uint64_t h = hash_key(op->cf, op->key, op->klen);
+	struct ovl_entry *e = ovl_find(o, op->cf, op->key, op->klen, h);
+	if (e->hash == 0) {
+		e->hash = h;
+		e->cf = op->cf;
+		e->key = op->key;
+		e->klen = op->klen;
+		e->op = NULL;
+		o->n++;
+	}
+	pm->undo[pm->nundo++] = (struct undo){ op->cf, e->key, e->klen, e->op };
+	e->op = op;
+	return 0;
+}
+
+static void ovl_rollback(struct store *st, struct pm *pm)
+{
+	for (size_t i = pm->nundo; i-- > 0;) {
+		struct undo *u = &pm->undo[i];
+		uint64_t h = hash_key(u->cf, u->key, u->klen);
+		struct ovl_entry *e = ovl_find(&st->ovl, u->cf, u->key, u->klen, h);
+		if (e != NULL && e->hash != 0)
+			e->op = u->prev;
+	}
+	pm->nundo = 0;
+}
+
+/* ------------------------------------------------------------ reads */
+
+int rd_get(struct rd *r, int cf, const struct sk *k, char **val_r, size_t *len_r)
+{
+	if (r->pm != NULL) {
+		uint64_t h = hash_key(cf, k->b, k->len);
+		struct ovl_entry *e = ovl_find(&r->st->ovl, cf, k->b, k->len, h);
+		if (e != NULL && e->hash != 0 && e->op != NULL) {
+			if (e->op->kind == OP_DEL)
+				return MP_ENOENT;
+			*val_r = e->op->val;
+			*len_r = e->op->vlen;
+			return 0;
+		}
+	}
+	char *err = NULL;
+	size_t vlen = 0;
+	char *v = rocksdb_get_cf(r->st->db, r->ro, r->st->cf[cf], k->b, k->len,
+				 &vlen, &err);
+	if (err != NULL) {
+		mp_log_error("store_get_failed", "error=\"%s\"", err);
+		rocksdb_free(err);
+		return MP_EIO;
+	}
+	if (v == NULL)
+		return MP_ENOENT;
+	char *c = mp_arena_memdup(r->arena, v, vlen);
+	rocksdb_free(v);
+	if (c == NULL)
+		return MP_ENOMEM;
+	*val_r = c;
+	*len_r = vlen;
+	return 0;
+}
+
+int rd_unpack(struct rd *r, const ProtobufCMessageDescriptor *d, const char *v,
+	      size_t len, void *msg_r)
+{
+	ProtobufCAllocator al;
+	ProtobufCMessage *m = protobuf_c_message_unpack(d, arena_allocator(r->arena, &al),
+							len, (const uint8_t *)v);
+	if (m == NULL) {
+		mp_log_error("store_corrupt_record", "type=%s len=%zu", d->name, len);
+		return MP_EIO;
+	}
+	*(ProtobufCMessage **)msg_r = m;
+	return 0;
+}
+
+int rd_get_msg(struct rd *r, const struct sk *k, const ProtobufCMessageDescriptor *d,
+	       void *msg_r)
+{
+	char *v;
+	size_t len;
+	int ret = rd_get(r, CF_META, k, &v, &len);
+	if (ret < 0)
+		return ret;
+	return rd_unpack(r, d, v, len, msg_r);
+}
+
+void it_open(struct rd *r, int cf, const struct sk *from, const struct sk *upper,
+	     struct it *it)
+{
+	it->lower = *from;
+	if (upper != NULL)
+		it->upper = *upper;
+	else
+		sk_upper(&it->upper, from);
+	it->ro = rocksdb_readoptions_create();
+	/* Mutations iterate the committed state (store_int.h says why the
+	 * overlay is not needed there); reads iterate their snapshot. */
+	if (r->snap != NULL)
+		rocksdb_readoptions_set_snapshot(it->ro, r->snap);
+	rocksdb_readoptions_set_iterate_upper_bound(it->ro, it->upper.b, it->upper.len);
+	it->it = rocksdb_create_iterator_cf(r->st->db, it->ro, r->st->cf[cf]);
+	rocksdb_iter_seek(it->it, it->lower.b, it->lower.len);
+}
+
+bool it_valid(struct it *it)
+{
+	return rocksdb_iter_valid(it->it) != 0;
+}
+
+void it_next(struct it *it)
+{
+	rocksdb_iter_next(it->it);
+}
+
+const char *it_key(struct it *it, size_t *len)
+{
+	return rocksdb_iter_key(it->it, len);
+}
+
+const char *it_val(struct it *it, size_t *len)
+{
+	return rocksdb_iter_value(it->it, len);
+}
+
+int it_close(struct it *it)
+{
+	int ret = 0;
+	if (it->it != NULL) {
+		char *err = NULL;
+		rocksdb_iter_get_error(it->it, &err);
+		if (err != NULL) {
+			mp_log_error("store_iter_failed", "error=\"%s\"", err);
+			rocksdb_free(err);
+			ret = MP_EIO;
+		}
+		rocksdb_iter_destroy(it->it);
+		it->it = NULL;
+	}
+	if (it->ro != NULL) {
+		rocksdb_readoptions_destroy(it->ro);
+		it->ro = NULL;
+	}
+	return ret;
+}
+
+/* ------------------------------------------------------------ txn ops */
+
+/* Ops are boxed (the vector holds pointers) because the overlay keeps
+ * pointers to them while the vector grows. */
+static int txn_add(struct pm *pm, int cf, int kind, const char *k, size_t klen,
+		   const void *v, size_t vlen, char *owned_v)
+{
+	if (pm->ops.n == pm->ops.cap) {
+		size_t nc = pm->ops.cap ? pm->ops.cap * 2 : 8;
+		struct op **nv = realloc(pm->ops.v, nc * sizeof(*nv));
+		if (nv == NULL) {
+			free(owned_v);
+			return MP_ENOMEM;
+		}
+		pm->ops.v = nv;
+		pm->ops.cap = nc;
+	}
+	struct op *box = calloc(1, sizeof(*box));
+	if (box == NULL) {
+		free(owned_v);
+		return MP_ENOMEM;
+	}
+	box->cf = (uint8_t)cf;
+	box->kind = (uint8_t)kind;
+	box->key = malloc(klen ? klen : 1);
+	box->val = owned_v;
+	if (owned_v == NULL && v != NULL)
+		box->val = malloc(vlen ? vlen : 1);
+	if (box->key == NULL || (v != NULL && box->val == NULL)) {
+		free(box->key);
+		free(box->val);
+		free(box);
+		return MP_ENOMEM;
+	}
+	memcpy(box->key, k, klen);
+	box->klen = klen;
+	if (owned_v == NULL && v != NULL && vlen > 0)
+		memcpy(box->val, v, vlen);
+	box->vlen = vlen;
+	pm->ops.v[pm->ops.n++] = box;
+	pm->ops.bytes += klen + vlen;
+	return 0;
+}
+
+static struct op *op_at(struct pm *pm, size_t i)
+{
+	return pm->ops.v[i];
+}
+
+static void ops_free(struct pm *pm)
+{
+	for (size_t i = 0; i < pm->ops.n; i++) {
+		struct op *b = op_at(pm, i);
+		free(b->key);
+		free(b->val);
+		free(b);
+	}
+	free(pm->ops.v);
+	memset(&pm->ops, 0, sizeof(pm->ops));
+}
+
+static int txn_last_overlay(struct pm *pm)
+{
+	return ovl_set(pm->st, pm, op_at(pm, pm->ops.n - 1));
+}
+
+int txn_put_raw(struct pm *pm, int cf, const struct sk *k, const void *v, size_t vlen)
+{
+	int r = txn_add(pm, cf, OP_PUT, k->b, k->len, v, vlen, NULL);
+	return r < 0 ? r : txn_last_overlay(pm);
+}
+
+int txn_put_msg(struct pm *pm, const struct sk *k, const ProtobufCMessage *m)
+{
+	size_t n = protobuf_c_message_get_packed_size(m);
+	uint8_t *buf = malloc(n ? n : 1);
+	if (buf == NULL)
+		return MP_ENOMEM;
+	protobuf_c_message_pack(m, buf);
+	int r = txn_add(pm, CF_META, OP_PUT, k->b, k->len, NULL, n, (char *)buf);
+	return r < 0 ? r : txn_last_overlay(pm);
+}
+
+int txn_del(struct pm *pm, int cf, const struct sk *k)
+{
+	int r = txn_add(pm, cf, OP_DEL, k->b, k->len, NULL, 0, NULL);
+	return r < 0 ? r : txn_last_overlay(pm);
+}
+
+int txn_del_prefix(struct pm *pm, int cf, const struct sk *prefix)
+{
+	struct sk up;
+	sk_upper(&up, prefix);
+	return txn_add(pm, cf, OP_RANGE, prefix->b, prefix->len, up.b, up.len, NULL);
+}
+
+int txn_event(struct pm *pm, const char *user, int kind, uint32_t mbid, uint64_t modseq)
+{
+	for (size_t i = 0; i < pm->nev; i++) {
+		struct event *e = &pm->ev[i];
+		if (e->kind == kind && e->mbid == mbid && strcmp(e->user, user) == 0) {
+			if (modseq > e->modseq)
+				e->modseq = modseq;
+			return 0;
+		}
+	}
+	if (pm->nev == pm->capev) {
+		size_t nc = pm->capev ? pm->capev * 2 : 4;
+		struct event *ne = realloc(pm->ev, nc * sizeof(*ne));
+		if (ne == NULL)
+			return MP_ENOMEM;
+		pm->ev = ne;
+		pm->capev = nc;
+	}
+	const char *u = mp_arena_strdup(&pm->arena, user);
+	if (u == NULL)
+		return MP_ENOMEM;
+	pm->ev[pm->nev++] = (struct event){ u, kind, mbid, modseq };
+	return 0;
+}
+
+/* ------------------------------------------------------------ pm */
+
+static void pm_free(struct pm *pm)
+{
+	ops_free(pm);
+	free(pm->undo);
+	free(pm->ev);
+	mp_arena_free(&pm->arena);
+	free(pm);
+}
+
+static void pm_finish(struct pm *pm)
+{
+	pm->cb(pm->err, pm->errmsg, pm->err == 0 ? pm->reply : NULL, pm->arg);
+	pm_free(pm);
+}
+
+/* ------------------------------------------------------------ commit */
+
+struct keyset {
+	const char **k; /* borrowed from the pms' arenas */
+	size_t cap, n;
+};
+
+static int keyset_has(const struct keyset *s, const char *k)
+{
+	if (s->cap == 0)
+		return 0;
+	uint64_t h = hash_key(0, k, strlen(k));
+	for (size_t i = h & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
+		if (s->k[i] == NULL)
+			return 0;
+		if (strcmp(s->k[i], k) == 0)
+			return 1;
+	}
+}
+
+static int keyset_add(struct keyset *s, const char *k)
+{
+	if ((s->n + 1) * 2 > s->cap) {
+		size_t nc = s->cap ? s->cap * 2 : 256;
+		const char **nk = calloc(nc, sizeof(*nk));
+		if (nk == NULL)
+			return MP_ENOMEM;
+		struct keyset ns = { nk, nc, 0 };
+		for (size_t i = 0; i < s->cap; i++)
+			if (s->k[i] != NULL)
+				keyset_add(&ns, s->k[i]);
+		free(s->k);
+		*s = ns;
+	}
+	uint64_t h = hash_key(0, k, strlen(k));
+	for (size_t i = h & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
+		if (s->k[i] == NULL) {
+			s->k[i] = k;
+			s->n++;
+			return 0;
+		}
+		if (strcmp(s->k[i], k) == 0)
+			return 0;
+	}
+}
+
+static void keyset_clear(struct keyset *s)
+{
+	if (s->cap)
+		memset(s->k, 0, s->cap * sizeof(*s->k));
+	s->n = 0;
+}
+
+static int pm_conflicts(const struct pm *pm, const struct keyset *taken,
+			const struct keyset *blocked)
+{
+	for (size_t i = 0; i < pm->nkeys; i++)
+		if (keyset_has(taken, pm->keys[i]) || keyset_has(blocked, pm->keys[i]))
+			return 1;
+	return 0;
+}
+
+static int log_record_op(struct pm *pm, Merpati__Rec__Op **ops_r)
+{
+	for (size_t i = 0; i < pm->ops.n; i++) {
+		struct op *o = op_at(pm, i);
+		Merpati__Rec__Op *m = mp_arena_alloc(&pm->arena, sizeof(*m));
+		if (m == NULL)
+			return MP_ENOMEM;
+		merpati__rec__op__init(m);
+		m->cf = o->cf;
+		m->del = o->kind != OP_PUT;
+		m->range = o->kind == OP_RANGE;
+		m->key.data = (uint8_t *)o->key;
+		m->key.len = o->klen;
+		m->value.data = (uint8_t *)o->val;
+		m->value.len = o->val ? o->vlen : 0;
+		ops_r[i] = m;
+	}
+	return 0;
+}
+
+/* Append pm's operations and its log record to wb. */
+static int batch_add(struct store *st, rocksdb_writebatch_t *wb, struct pm *pm)
+{
+	for (size_t i = 0; i < pm->ops.n; i++) {
+		struct op *o = op_at(pm, i);
+		rocksdb_column_family_handle_t *cf = st->cf[o->cf];
+		if (o->kind == OP_PUT)
+			rocksdb_writebatch_put_cf(wb, cf, o->key, o->klen, o->val, o->vlen);
+		else if (o->kind == OP_DEL)
+			rocksdb_writebatch_delete_cf(wb, cf, o->key, o->klen);
+		else
+			rocksdb_writebatch_delete_range_cf(wb, cf, o->key, o->klen,
+							   o->val, o->vlen);
+	}
+	Merpati__Rec__LogRecord lr = MERPATI__REC__LOG_RECORD__INIT;
+	lr.shard = pm->shard;
+	lr.epoch = st->epoch;
+	lr.lsn = pm->lsn;
+	lr.request_id = (char *)(pm->request_id ? pm->request_id : "");
+	lr.n_ops = pm->ops.n;
+	lr.ops = mp_arena_alloc(&pm->arena, (pm->ops.n + 1) * sizeof(*lr.ops));
+	if (lr.ops == NULL || log_record_op(pm, lr.ops) < 0)
+		return MP_ENOMEM;
+	size_t n = merpati__rec__log_record__get_packed_size(&lr);
+	uint8_t *buf = malloc(n ? n : 1);
+	if (buf == NULL)
+		return MP_ENOMEM;
+	merpati__rec__log_record__pack(&lr, buf);
+	struct sk k;
+	sk_log(&k, pm->shard, st->epoch, pm->lsn);
+	rocksdb_writebatch_put_cf(wb, st->cf[CF_LOG], k.b, k.len, (char *)buf, n);
+	free(buf);
+	return 0;
+}
+
+static void batch_applied(struct store *st, rocksdb_writebatch_t *wb, uint32_t shard)
+{
+	struct sk k;
+	char v[16];
+	sk_applied(&k, shard);
+	mp_be64_put(v, st->epoch);
+	mp_be64_put(v + 8, st->lsn[shard]);
+	rocksdb_writebatch_put_cf(wb, st->cf[CF_META], k.b, k.len, v, sizeof(v));
+	/* Keep the last log_retain records of the shard. The cluster issue
+	 * replaces this with "trimmed once every in-sync replica has it". */
+	if (st->o.log_retain > 0 && st->lsn[shard] > st->o.log_retain &&
+	    st->lsn[shard] % 256 == 0) {
+		struct sk from, to;
+		sk_log(&from, shard, 0, 0);
+		sk_log(&to, shard, st->epoch, st->lsn[shard] - st->o.log_retain);
+		rocksdb_writebatch_delete_range_cf(wb, st->cf[CF_LOG], from.b, from.len,
+						   to.b, to.len);
+	}
+}
+
+static void run_group(struct store *st, struct pm **group, size_t n)
+{
+	uint64_t *saved = NULL;
+	bool *touched = NULL;
+	rocksdb_writebatch_t *wb = NULL;
+	size_t ok = 0;
+	int fail = 0;
+
+	ovl_reset(&st->ovl);
+	saved = malloc(st->o.shards * sizeof(*saved));
+	touched = calloc(st->o.shards, sizeof(*touched));
+	if (saved == NULL || touched == NULL) {
+		fail = MP_ENOMEM;
+		goto out;
+	}
+	memcpy(saved, st->lsn, st->o.shards * sizeof(*saved));
+
+	for (size_t i = 0; i < n; i++) {
+		struct pm *pm = group[i];
+		struct rd r = { st, &pm->arena, st->ro_latest, NULL, pm };
+		if (st->broken) {
+			pm->err = MP_EUNAVAIL;
+			pm->errmsg = "the store refuses writes after a failed write; restart the node";
+			continue;
+		}
+		pm->err = ops_mutate(&r, pm->op, pm->req, &pm->reply, &pm->errmsg);
+		if (pm->err < 0) {
+			ovl_rollback(st, pm);
+			ops_free(pm);
+			pm->nev = 0;
+			continue;
+		}
+		pm->lsn = ++st->lsn[pm->shard];
+		touched[pm->shard] = true;
+		ok++;
+	}
+	if (ok == 0)
+		goto out;
+
+	wb = rocksdb_writebatch_create();
+	for (size_t i = 0; i < n && fail == 0; i++)
+		if (group[i]->err == 0)
+			fail = batch_add(st, wb, group[i]);
+	for (uint32_t s = 0; s < st->o.shards && fail == 0; s++)
+		if (touched[s])
+			batch_applied(st, wb, s);
+	if (fail == 0) {
+		char *err = NULL;
+		pthread_mutex_lock(&st->mu);
+		bool inject = st->fail_writes > 0;
+		if (inject)
+			st->fail_writes--;
+		pthread_mutex_unlock(&st->mu);
+		if (inject) {
+			fail = MP_EIO;
+			mp_log_warn("store_write_injected_failure", "mutations=%zu", ok);
+		} else {
+			rocksdb_write(st->db, st->wo_sync, wb, &err);
+			if (err != NULL) {
+				mp_log_error("store_write_failed", "mutations=%zu error=\"%s\"",
+					     ok, err);
+				rocksdb_free(err);
+				fail = MP_EIO;
+				/* RocksDB stops accepting writes after a failed WAL
+				 * write; so do we, rather than guess what is on disk. */
+				st->broken = true;
+			}
+		}
+	}
+out:
+	if (fail < 0) {
+		if (saved != NULL)
+			memcpy(st->lsn, saved, st->o.shards * sizeof(*saved));
+		for (size_t i = 0; i < n; i++) {
+			if (group[i]->err == 0) {
+				group[i]->err = fail;
+				group[i]->errmsg = fail == MP_ENOMEM ? "out of memory"
+								    : "storage write failed; nothing was changed";
+			}
+		}
+	}
+	if (wb != NULL)
+		rocksdb_writebatch_destroy(wb);
+	ovl_reset(&st->ovl);
+
+	pthread_mutex_lock(&st->mu);
+	st->stats.mutations += fail < 0 ? 0 : ok;
+	if (ok > 0 && fail == 0)
+		st->stats.groups++;
+	pthread_mutex_unlock(&st->mu);
+
+	for (size_t i = 0; i < n; i++) {
+		struct pm *pm = group[i];
+		if (pm->err == 0 && st->notify != NULL)
+			for (size_t e = 0; e < pm->nev; e++)
+				st->notify(pm->ev[e].user, pm->ev[e].kind, pm->ev[e].mbid,
+					   pm->ev[e].modseq, st->notify_arg);
+		pm_finish(pm);
+	}
+	free(saved);
+	free(touched);
+}
+
+static void *commit_thread(void *arg)
+{
+	struct store *st = arg;
+	struct pm **group = calloc(GROUP_MAX_MUTATIONS, sizeof(*group));
+	struct keyset taken = { 0 }, blocked = { 0 };
+
+	if (group == NULL) {
+		mp_log_error("store_commit_thread_oom", "%s", "");
+		abort();
+	}
+	pthread_mutex_lock(&st->mu);
+	for (;;) {
+		while (st->q_head == NULL && !st->closing)
+			pthread_cond_wait(&st->cv, &st->mu);
+		if (st->q_head == NULL && st->closing)
+			break;
+
+		/* Take what does not conflict, in queue order; a mutation on a
+		 * user already in the group (or behind a deferred one on that
+		 * user) waits for the next group, so per-user order holds. */
+		size_t n = 0;
+		size_t bytes = 0;
+		struct pm **pp = &st->q_head, *prev = NULL;
+		keyset_clear(&taken);
+		keyset_clear(&blocked);
+		while (*pp != NULL && n < GROUP_MAX_MUTATIONS && bytes < GROUP_MAX_BYTES) {
+			struct pm *pm = *pp;
+			if (pm_conflicts(pm, &taken, &blocked)) {
+				for (size_t i = 0; i < pm->nkeys; i++)
+					keyset_add(&blocked, pm->keys[i]);
+				st->stats.deferred++;
+				prev = pm;
+				pp = &pm->next;
+				continue;
+			}
+			for (size_t i = 0; i < pm->nkeys; i++)
+				keyset_add(&taken, pm->keys[i]);
+			*pp = pm->next;
+			if (st->q_tail == pm)
+				st->q_tail = prev;
+			pm->next = NULL;
+			st->q_len--;
+			group[n++] = pm;
+			if (pm->op == STORE_APPEND)
+				bytes += ((const Merpati__V1__AppendRequest *)pm->req)->body.len;
+			else if (pm->op == STORE_APPEND_MANY)
+				bytes += ((const Merpati__V1__AppendManyRequest *)pm->req)->body.len;
+		}
+		pthread_mutex_unlock(&st->mu);
+		run_group(st, group, n);
+		pthread_mutex_lock(&st->mu);
+	}
+	pthread_mutex_unlock(&st->mu);
+	free(taken.k);
+	free(blocked.k);
+	free(group);
+	return NULL;
+}
+
+int store_call(struct store *st, enum store_op op, const ProtobufCMessage *req,
+	       store_done_cb cb, void *arg)
+{
+	if ((unsigned)op >= STORE_OP_COUNT)
+		return MP_EINVAL;
+
+	if (!ops_is_mutation(op, req)) {
+		struct mp_arena a;
+		ProtobufCMessage *reply = NULL;
+		const char *msg = NULL;
+		mp_arena_init(&a);
+		const rocksdb_snapshot_t *snap = rocksdb_create_snapshot(st->db);
+		rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+		rocksdb_readoptions_set_snapshot(ro, snap);
+		struct rd r = { st, &a, ro, snap, NULL };
+		int err = ops_read(&r, op, req, &reply, &msg);
+		rocksdb_readoptions_destroy(ro);
+		rocksdb_release_snapshot(st->db, snap);
+		cb(err, msg, err == 0 ? reply : NULL, arg);
+		mp_arena_free(&a);
+		return 0;
+	}
+
+	struct pm *pm = calloc(1, sizeof(*pm));
+	if (pm == NULL)
+		return MP_ENOMEM;
+	mp_arena_init(&pm->arena);
+	pm->st = st;
+	pm->op = op;
+	pm->req = req;
+	pm->cb = cb;
+	pm->arg = arg;
+	const char *msg = NULL;
+	int err = ops_prepare(st, op, req, &pm->arena, &pm->keys, &pm->nkeys,
+			      &pm->shard, &msg);
+	if (err < 0) {
+		/* A refused request is answered, not dropped. */
+		cb(err, msg, NULL, arg);
+		pm_free(pm);
+		return 0;
+	}
+	pthread_mutex_lock(&st->mu);
+	if (st->closing || st->q_len >= st->o.max_pending) {
+		bool closing = st->closing;
+		pthread_mutex_unlock(&st->mu);
+		pm_free(pm);
+		mp_log_warn("store_queue_refused", "closing=%d", closing);
+		return MP_EUNAVAIL;
+	}
+	if (st->q_tail)
+		st->q_tail->next = pm;
+	else
+		st->q_head = pm;
+	st->q_tail = pm;
+	st->q_len++;
+	pthread_cond_signal(&st->cv);
+	pthread_mutex_unlock(&st->mu);
+	return 0;
+}
+
+/* ------------------------------------------------------------ open/close */
+
+static int mkdir_p(const char *path)
+{
+	char tmp[4096];
+	size_t n = strlen(path);
+	if (n == 0 || n >= sizeof(tmp))
+		return MP_EINVAL;
+	memcpy(tmp, path, n + 1);
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p == '/') {
+			*p = '\0';
+			if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+				return MP_EIO;
+			*p = '/';
+		}
+	}
+	if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+		return MP_EIO;
+	return 0;
+}
+
+static int load_lsns(struct store *st, char **error_r)
+{
+	for (uint32_t s = 0; s < st->o.shards; s++) {
+		struct sk k;
+		char *err = NULL;
+		size_t len = 0;
+		sk_applied(&k, s);
+		char *v = rocksdb_get_cf(st->db, st->ro_latest, st->cf[CF_META], k.b,
+					 k.len, &len, &err);
+		if (err != NULL) {
+			if (asprintf(error_r, "reading shard %u state: %s", s, err) < 0)
+				*error_r = NULL;
+			rocksdb_free(err);
+			return MP_EIO;
+		}
+		if (v == NULL) {
+			st->lsn[s] = 0;
+			continue;
+		}
+		if (len != 16) {
+			rocksdb_free(v);
+			if (asprintf(error_r, "shard %u state record is corrupt", s) < 0)
+				*error_r = NULL;
+			return MP_EIO;
+		}
+		uint64_t epoch = mp_be64_get(v);
+		st->lsn[s] = mp_be64_get(v + 8);
+		if (epoch > st->epoch)
+			st->epoch = epoch;
+		rocksdb_free(v);
+	}
+	return 0;
+}
+
+/* The shard count is fixed at creation: a node opened with another count
+ * would put users on the wrong shards. Kept in the meta CF. */
+static int check_shard_count(struct store *st, char **error_r)
+{
+	static const char key[] = "node/shards";
+	char *err = NULL;
+	size_t len = 0;
+	char *v = rocksdb_get_cf(st->db, st->ro_latest, st->cf[CF_META], key,
+				 sizeof(key) - 1, &len, &err);
+	if (err != NULL) {
+		if (asprintf(error_r, "reading node/shards: %s", err) < 0)
+			*error_r = NULL;
+		rocksdb_free(err);
+		return MP_EIO;
+	}
+	if (v != NULL) {
+		uint32_t have = len == 4 ? (uint32_t)(mp_be32_get(v)) : 0;
+		rocksdb_free(v);
+		if (have != st->o.shards) {
+			if (asprintf(error_r,
+				     "data dir was created with %u shards; shards=%u given",
+				     have, st->o.shards) < 0)
+				*error_r = NULL;
+			return MP_EINVAL;
+		}
+		return 0;
+	}
+	char b[4];
+	b[0] = (char)(st->o.shards >> 24);
+	b[1] = (char)(st->o.shards >> 16);
+	b[2] = (char)(st->o.shards >> 8);
+	b[3] = (char)st->o.shards;
+	rocksdb_put_cf(st->db, st->wo_sync, st->cf[CF_META], key, sizeof(key) - 1,
+		       b, 4, &err);
+	if (err != NULL) {
+		if (asprintf(error_r, "writing node/shards: %s", err) < 0)
+			*error_r = NULL;
+		rocksdb_free(err);
+		return MP_EIO;
+	}
+	return 0;
+}
+
+int store_open(const struct store_opts *opts, struct store **st_r, char **error_r)
+{
+	struct store *st = calloc(1, sizeof(*st));
+	char *err = NULL;
+	int ret;
+
+	*error_r = NULL;
+	if (st == NULL)
+		return MP_ENOMEM;
+	st->o = *opts;
+	if (st->o.shards == 0 || st->o.shards > 65536) {
+		free(st);
+		*error_r = strdup("shards must be 1 to 65536");
+		return MP_EINVAL;
+	}
+	if (st->o.max_pending == 0)
+		st->o.max_pending = 100000;
+	st->data_dir = strdup(opts->data_dir);
+	st->node_id = strdup(opts->node_id ? opts->node_id : "node");
+	st->lsn = calloc(st->o.shards, sizeof(*st->lsn));
+	if (st->data_dir == NULL || st->node_id == NULL || st->lsn == NULL) {
+		ret = MP_ENOMEM;
+		goto fail;
+	}
+	st->o.data_dir = st->data_dir;
+	st->o.node_id = st->node_id;
+	st->epoch = 1;
+	pthread_mutex_init(&st->mu, NULL);
+	pthread_cond_init(&st->cv, NULL);
+
+	if (mkdir_p(st->data_dir) < 0) {
+		if (asprintf(error_r, "cannot create data_dir %s: %s", st->data_dir,
+			     strerror(errno)) < 0)
+			*error_r = NULL;
+		ret = MP_EIO;
+		goto fail;
+	}
+
+	st->opts = rocksdb_options_create();
+	rocksdb_options_set_create_if_missing(st->opts, 1);
+	rocksdb_options_set_create_missing_column_families(st->opts, 1);
+	rocksdb_options_increase_parallelism(st->opts, 2);
+	rocksdb_options_set_max_background_jobs(st->opts, 2);
+	rocksdb_options_set_bytes_per_sync(st->opts, 1 << 20);
+	st->cache = rocksdb_cache_create_lru(opts->block_cache ? opts->block_cache
+							       : 64u << 20);
+	st->bbto = rocksdb_block_based_options_create();
+	rocksdb_block_based_options_set_block_cache(st->bbto, st->cache);
+
+	for (int i = 0; i < CF_COUNT; i++) {
+		rocksdb_options_t *o = rocksdb_options_create_copy(st->opts);
+		rocksdb_options_set_block_based_table_factory(o, st->bbto);
+		rocksdb_options_set_compression(o, rocksdb_lz4_compression);
+		if (i == CF_BLOB || i == CF_LOG) {
+			/* Bodies go to blob files, zstd-compressed, so
+			 * compaction of the small keys does not rewrite them. */
+			rocksdb_options_set_enable_blob_files(o, 1);
+			rocksdb_options_set_min_blob_size(o, 4096);
+			rocksdb_options_set_blob_compression_type(o, rocksdb_zstd_compression);
+			rocksdb_options_set_enable_blob_gc(o, 1);
+		}
+		st->cf_opts[i] = o;
+	}
+
+	const rocksdb_options_t *cfo[CF_COUNT + 1];
+	const char *names[CF_COUNT + 1];
+	rocksdb_column_family_handle_t *handles[CF_COUNT + 1];
+	/* RocksDB requires "default" to be opened too; nothing is kept in it. */
+	names[0] = "default";
+	cfo[0] = st->opts;
+	for (int i = 0; i < CF_COUNT; i++) {
+		names[i + 1] = cf_names[i];
+		cfo[i + 1] = st->cf_opts[i];
+	}
+	st->db = rocksdb_open_column_families(st->opts, st->data_dir, CF_COUNT + 1,
+					      names, cfo, handles, &err);
+	if (err != NULL) {
+		if (asprintf(error_r, "opening RocksDB at %s: %s", st->data_dir, err) < 0)
+			*error_r = NULL;
+		rocksdb_free(err);
+		st->db = NULL;
+		ret = MP_EIO;
+		goto fail;
+	}
+	rocksdb_column_family_handle_destroy(handles[0]);
+	for (int i = 0; i < CF_COUNT; i++)
+		st->cf[i] = handles[i + 1];
+
+	st->wo_sync = rocksdb_writeoptions_create();
+	rocksdb_writeoptions_set_sync(st->wo_sync, 1);
+	st->ro_latest = rocksdb_readoptions_create();
+
+	ret = check_shard_count(st, error_r);
+	if (ret < 0)
+		goto fail;
+	ret = load_lsns(st, error_r);
+	if (ret < 0)
+		goto fail;
+
+	if (pthread_create(&st->thread, NULL, commit_thread, st) != 0) {
+		*error_r = strdup("cannot start the commit thread");
+		ret = MP_ENOMEM;
+		goto fail;
+	}
+	st->thread_started = true;
+	uint64_t total = 0;
+	for (uint32_t s = 0; s < st->o.shards; s++)
+		total += st->lsn[s];
+	mp_log_info("store_open", "path=%s shards=%u epoch=%llu lsn_total=%llu",
+		    st->data_dir, st->o.shards, (unsigned long long)st->epoch,
+		    (unsigned long long)total);
+	*st_r = st;
+	return 0;
+fail:
+	store_close(&st);
+	return ret;
+}
+
+void store_close(struct store **stp)
+{
+	struct store *st = *stp;
+	if (st == NULL)
+		return;
+	*stp = NULL;
+	if (st->thread_started) {
+		pthread_mutex_lock(&st->mu);
+		st->closing = true;
+		pthread_cond_broadcast(&st->cv);
+		pthread_mutex_unlock(&st->mu);
+		pthread_join(st->thread, NULL);
+	}
+	for (int i = 0; i < CF_COUNT; i++)
+		if (st->cf[i] != NULL)
+			rocksdb_column_family_handle_destroy(st->cf[i]);
+	if (st->db != NULL)
+		rocksdb_close(st->db);
+	for (int i = 0; i < CF_COUNT; i++)
+		if (st->cf_opts[i] != NULL)
+			rocksdb_options_destroy(st->cf_opts[i]);
+	if (st->opts)
+		rocksdb_options_destroy(st->opts);
+	if (st->bbto)
+		rocksdb_block_based_options_destroy(st->bbto);
+	if (st->cache)
+		rocksdb_cache_destroy(st->cache);
+	if (st->wo_sync)
+		rocksdb_writeoptions_destroy(st->wo_sync);
+	if (st->ro_latest)
+		rocksdb_readoptions_destroy(st->ro_latest);
+	free(st->ovl.e);
+	free(st->lsn);
+	free(st->data_dir);
+	free(st->node_id);
+	pthread_mutex_destroy(&st->mu);
+	pthread_cond_destroy(&st->cv);
+	free(st);
+}
+
+void store_set_notify(struct store *st, store_notify_cb cb, void *arg)
+{
+	st->notify = cb;
+	st->notify_arg = arg;
+}
+
+void store_get_stats(struct store *st, struct store_stats *s)
+{
+	pthread_mutex_lock(&st->mu);
+	*s = st->stats;
+	pthread_mutex_unlock(&st->mu);
+}
+
+void store_debug_fail_writes(struct store *st, int n)
+{
+	pthread_mutex_lock(&st->mu);
+	st->fail_writes = n;
+	pthread_mutex_unlock(&st->mu);
+}
+
+uint32_t store_shard_count(const struct store *st)
+{
+	return st->o.shards;
+}
+
+int64_t store_debug_refcount(struct store *st, uint32_t shard, const uint8_t sha[32])
+{
+	struct sk rk, bk;
+	char *err = NULL;
+	size_t rl = 0, bl = 0;
+	sk_ref(&rk, shard, sha);
+	sk_blob(&bk, shard, sha);
+	char *r = rocksdb_get_cf(st->db, st->ro_latest, st->cf[CF_META], rk.b, rk.len, &rl, &err);
+	if (err) {
+		rocksdb_free(err);
+		return MP_EIO;
+	}
+	char *b = rocksdb_get_cf(st->db, st->ro_latest, st->cf[CF_BLOB], bk.b, bk.len, &bl, &err);
+	if (err) {
+		rocksdb_free(err);
+		rocksdb_free(r);
+		return MP_EIO;
+	}
+	int64_t ret;
+	if ((r == NULL) != (b == NULL) || (r != NULL && rl != 8))
+		ret = MP_EIO;
+	else
+		ret = r == NULL ? -1 : (int64_t)mp_be64_get(r);
+	rocksdb_free(r);
+	rocksdb_free(b);
+	return ret;
+}
+

@@ -1,1 +1,677 @@
-/* placeholder */
+/*
+ * test_store: the store's semantics and invariants, through store_call,
+ * against a real RocksDB in a temporary directory: accounts, mailboxes,
+ * messages, flags with UNCHANGEDSINCE, copy/move/expunge, body reference
+ * counts, change feed, restart persistence (UIDs never reused), injected
+ * write failures (nothing changes), validation errors, concurrent writers.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <openssl/sha.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mailstore.pb-c.h"
+#include "mp_error.h"
+#include "mp_shard.h"
+#include "store.h"
+
+struct result {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int done;
+	int err;
+	char msg[512];
+	uint8_t *packed;
+	size_t len;
+};
+
+static void done_cb(int err, const char *errmsg, const ProtobufCMessage *reply, void *arg)
+{
+	struct result *r = arg;
+	pthread_mutex_lock(&r->mu);
+	r->err = err;
+	snprintf(r->msg, sizeof(r->msg), "%s", errmsg ? errmsg : "");
+	if (err == 0 && reply != NULL) {
+		r->len = protobuf_c_message_get_packed_size(reply);
+		r->packed = malloc(r->len + 1);
+		protobuf_c_message_pack(reply, r->packed);
+	}
+	r->done = 1;
+	pthread_cond_signal(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+}
+
+static char last_msg[512];
+
+/* Run one call and wait; returns err; *rep_r unpacked (caller frees). */
+static int call(struct store *st, enum store_op op, const void *req,
+		const ProtobufCMessageDescriptor *d, void *rep_r)
+{
+	struct result r;
+	memset(&r, 0, sizeof(r));
+	pthread_mutex_init(&r.mu, NULL);
+	pthread_cond_init(&r.cv, NULL);
+	int ret = store_call(st, op, req, done_cb, &r);
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&r.mu);
+	while (!r.done)
+		pthread_cond_wait(&r.cv, &r.mu);
+	pthread_mutex_unlock(&r.mu);
+	memcpy(last_msg, r.msg, sizeof(last_msg));
+	if (r.err == 0 && rep_r != NULL && d != NULL) {
+		ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, r.len, r.packed);
+		assert_non_null(m);
+		*(ProtobufCMessage **)rep_r = m;
+	}
+	free(r.packed);
+	pthread_mutex_destroy(&r.mu);
+	pthread_cond_destroy(&r.cv);
+	return r.err;
+}
+
+#define FREE(m) protobuf_c_message_free_unpacked(&(m)->base, NULL)
+
+static char dir[256];
+
+static struct store *open_store(uint32_t shards)
+{
+	struct store_opts o = {
+		.data_dir = dir, .node_id = "t", .shards = shards,
+		.max_message_size = 1 << 20, .log_retain = 1000, .max_pending = 1000,
+	};
+	struct store *st = NULL;
+	char *err = NULL;
+	int r = store_open(&o, &st, &err);
+	if (r < 0)
+		fprintf(stderr, "store_open: %s\n", err ? err : "?");
+	free(err);
+	assert_int_equal(r, 0);
+	return st;
+}
+
+static int setup(void **state)
+{
+	snprintf(dir, sizeof(dir), "/tmp/merpati-test-store-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	*state = open_store(1);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct store *st = *state;
+	char cmd[300];
+	store_close(&st);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+	return 0;
+}
+
+static void mk_domain(struct store *st, const char *name)
+{
+	Merpati__V1__DomainRequest q = MERPATI__V1__DOMAIN_REQUEST__INIT;
+	q.name = (char *)name;
+	assert_int_equal(call(st, STORE_CREATE_DOMAIN, &q, NULL, NULL), 0);
+}
+
+static void mk_user(struct store *st, const char *user)
+{
+	Merpati__V1__CreateAccountRequest q = MERPATI__V1__CREATE_ACCOUNT_REQUEST__INIT;
+	q.user = (char *)user;
+	q.password_hash = "$y$j9T$salt$hash";
+	assert_int_equal(call(st, STORE_CREATE_ACCOUNT, &q, NULL, NULL), 0);
+}
+
+static int append(struct store *st, const char *user, const char *mb, const char *body,
+		  char **flags, size_t nflags, uint32_t *uid_r, uint64_t *modseq_r)
+{
+	Merpati__V1__AppendRequest q = MERPATI__V1__APPEND_REQUEST__INIT;
+	Merpati__V1__AppendReply *rep = NULL;
+	q.user = (char *)user;
+	q.mailbox = (char *)mb;
+	q.body.data = (uint8_t *)body;
+	q.body.len = strlen(body);
+	q.flags = flags;
+	q.n_flags = nflags;
+	int r = call(st, STORE_APPEND, &q, &merpati__v1__append_reply__descriptor, &rep);
+	if (r == 0) {
+		if (uid_r)
+			*uid_r = rep->uid;
+		if (modseq_r)
+			*modseq_r = rep->modseq;
+		FREE(rep);
+	}
+	return r;
+}
+
+static Merpati__V1__StatusReply *status(struct store *st, const char *user, const char *mb)
+{
+	Merpati__V1__StatusRequest q = MERPATI__V1__STATUS_REQUEST__INIT;
+	Merpati__V1__StatusReply *rep = NULL;
+	q.user = (char *)user;
+	q.name = (char *)mb;
+	assert_int_equal(call(st, STORE_STATUS, &q, &merpati__v1__status_reply__descriptor, &rep), 0);
+	return rep;
+}
+
+static Merpati__V1__FetchIndexReply *fetch(struct store *st, const char *user,
+					   const char *mb, const char *set)
+{
+	Merpati__V1__FetchIndexRequest q = MERPATI__V1__FETCH_INDEX_REQUEST__INIT;
+	Merpati__V1__FetchIndexReply *rep = NULL;
+	q.user = (char *)user;
+	q.mailbox = (char *)mb;
+	q.uid_set = (char *)set;
+	assert_int_equal(call(st, STORE_FETCH_INDEX, &q,
+			      &merpati__v1__fetch_index_reply__descriptor, &rep), 0);
+	return rep;
+}
+
+static int64_t refcount(struct store *st, const char *body)
+{
+	uint8_t sha[32];
+	SHA256((const uint8_t *)body, strlen(body), sha);
+	return store_debug_refcount(st, 0, sha);
+}
+
+static int expunge(struct store *st, const char *user, const char *mb, const char *set)
+{
+	Merpati__V1__ExpungeRequest q = MERPATI__V1__EXPUNGE_REQUEST__INIT;
+	q.user = (char *)user;
+	q.mailbox = (char *)mb;
+	q.uid_set = (char *)set;
+	return call(st, STORE_EXPUNGE, &q, NULL, NULL);
+}
+
+/* ------------------------------------------------------------ tests */
+
+static void test_account_defaults(void **state)
+{
+	struct store *st = *state;
+	mk_domain(st, "Example.Test");
+	mk_user(st, "Alice@Example.TEST");
+
+	Merpati__V1__ListMailboxesRequest q = MERPATI__V1__LIST_MAILBOXES_REQUEST__INIT;
+	Merpati__V1__ListMailboxesReply *rep = NULL;
+	q.user = "alice@example.test";
+	assert_int_equal(call(st, STORE_LIST_MAILBOXES, &q,
+			      &merpati__v1__list_mailboxes_reply__descriptor, &rep), 0);
+	assert_int_equal(rep->n_mailboxes, 6);
+	const char *want[][2] = { { "INBOX", "" }, { "Drafts", "\\Drafts" }, { "Sent", "\\Sent" },
+				  { "Trash", "\\Trash" }, { "Junk", "\\Junk" },
+				  { "Archive", "\\Archive" } };
+	for (size_t i = 0; i < 6; i++) {
+		int found = 0;
+		for (size_t j = 0; j < rep->n_mailboxes; j++)
+			if (strcmp(rep->mailboxes[j]->name, want[i][0]) == 0) {
+				assert_string_equal(rep->mailboxes[j]->special_use, want[i][1]);
+				assert_true(rep->mailboxes[j]->subscribed);
+				found = 1;
+			}
+		assert_true(found);
+	}
+	/* uidvalidity differs between mailboxes of a user */
+	for (size_t i = 1; i < rep->n_mailboxes; i++)
+		assert_int_not_equal(rep->mailboxes[i]->uidvalidity, rep->mailboxes[0]->uidvalidity);
+	FREE(rep);
+
+	/* duplicates, unknown domain, bad names */
+	Merpati__V1__CreateAccountRequest c = MERPATI__V1__CREATE_ACCOUNT_REQUEST__INIT;
+	c.user = "alice@example.test";
+	assert_int_equal(call(st, STORE_CREATE_ACCOUNT, &c, NULL, NULL), MP_EEXIST);
+	c.user = "bob@nowhere.test";
+	assert_int_equal(call(st, STORE_CREATE_ACCOUNT, &c, NULL, NULL), MP_ENOENT);
+	c.user = "bo\x01@example.test";
+	assert_int_equal(call(st, STORE_CREATE_ACCOUNT, &c, NULL, NULL), MP_EINVAL);
+	c.user = "no-at-sign";
+	assert_int_equal(call(st, STORE_CREATE_ACCOUNT, &c, NULL, NULL), MP_EINVAL);
+
+	Merpati__V1__UserRequest g = MERPATI__V1__USER_REQUEST__INIT;
+	Merpati__V1__AccountReply *ar = NULL;
+	g.user = "ALICE@example.test";
+	assert_int_equal(call(st, STORE_GET_ACCOUNT, &g, &merpati__v1__account_reply__descriptor, &ar), 0);
+	assert_string_equal(ar->account->user, "alice@example.test");
+	assert_string_equal(ar->account->password_hash, "$y$j9T$salt$hash");
+	FREE(ar);
+
+	/* a domain with accounts cannot be deleted */
+	Merpati__V1__DomainRequest d = MERPATI__V1__DOMAIN_REQUEST__INIT;
+	d.name = "example.test";
+	assert_int_equal(call(st, STORE_DELETE_DOMAIN, &d, NULL, NULL), MP_ESTATE);
+	assert_int_equal(call(st, STORE_DELETE_ACCOUNT, &g, NULL, NULL), 0);
+	assert_int_equal(call(st, STORE_GET_ACCOUNT, &g, NULL, NULL), MP_ENOENT);
+	assert_int_equal(call(st, STORE_DELETE_DOMAIN, &d, NULL, NULL), 0);
+	assert_int_equal(call(st, STORE_GET_DOMAIN, &d, NULL, NULL), MP_ENOENT);
+}
+
+static void test_append_fetch_flags(void **state)
+{
+	struct store *st = *state;
+	mk_domain(st, "example.test");
+	mk_user(st, "a@example.test");
+	char *seen[] = { "\\seen", "$Label1" };
+	uint32_t u1, u2, u3;
+	uint64_t m1, m2, m3;
+	assert_int_equal(append(st, "a@example.test", "INBOX", "Subject: one\r\n\r\nbody1\r\n",
+				NULL, 0, &u1, &m1), 0);
+	assert_int_equal(append(st, "a@example.test", "inbox", "Subject: two\r\n\r\nbody2\r\n",
+				seen, 2, &u2, &m2), 0);
+	assert_int_equal(append(st, "a@example.test", NULL, "Subject: three\r\n\r\nb3\r\n",
+				NULL, 0, &u3, &m3), 0);
+	assert_true(u1 < u2 && u2 < u3);
+	assert_true(m1 < m2 && m2 < m3);
+
+	Merpati__V1__StatusReply *s = status(st, "a@example.test", "INBOX");
+	assert_int_equal(s->messages, 3);
+	assert_int_equal(s->unseen, 2);
+	assert_int_equal(s->recent, 3);
+	assert_int_equal(s->first_unseen_uid, u1);
+	assert_int_equal(s->mailbox->uidnext, u3 + 1);
+	FREE(s);
+
+	Merpati__V1__FetchIndexReply *f = fetch(st, "a@example.test", "INBOX", "1:*");
+	assert_int_equal(f->n_messages, 3);
+	assert_int_equal(f->messages[1]->uid, u2);
+	assert_int_equal(f->messages[1]->n_flags, 2);
+	assert_string_equal(f->messages[1]->flags[0], "\\Seen"); /* canonical case */
+	assert_int_equal(f->messages[1]->size, strlen("Subject: two\r\n\r\nbody2\r\n"));
+	FREE(f);
+	/* "*" is the highest uid even when n > it (RFC 3501 §9) */
+	f = fetch(st, "a@example.test", "INBOX", "100:*");
+	assert_int_equal(f->n_messages, 1);
+	assert_int_equal(f->messages[0]->uid, u3);
+	FREE(f);
+
+	/* body and a byte range */
+	Merpati__V1__FetchBodyRequest b = MERPATI__V1__FETCH_BODY_REQUEST__INIT;
+	Merpati__V1__FetchBodyReply *br = NULL;
+	b.user = "a@example.test";
+	b.mailbox = "INBOX";
+	b.uid = u2;
+	b.offset = 9;
+	b.length = 3;
+	assert_int_equal(call(st, STORE_FETCH_BODY, &b, &merpati__v1__fetch_body_reply__descriptor, &br), 0);
+	assert_int_equal(br->data.len, 3);
+	assert_memory_equal(br->data.data, "two", 3);
+	assert_int_equal(br->total_size, strlen("Subject: two\r\n\r\nbody2\r\n"));
+	FREE(br);
+	b.uid = 999;
+	assert_int_equal(call(st, STORE_FETCH_BODY, &b, NULL, NULL), MP_ENOENT);
+
+	/* STORE: add, remove, replace; UNCHANGEDSINCE */
+	Merpati__V1__StoreFlagsRequest q = MERPATI__V1__STORE_FLAGS_REQUEST__INIT;
+	Merpati__V1__StoreFlagsReply *sr = NULL;
+	char *fl[] = { "\\Flagged", "\\Seen" };
+	q.user = "a@example.test";
+	q.mailbox = "INBOX";
+	q.uid_set = "1:*";
+	q.mode = MERPATI__V1__FLAG_MODE__FLAGS_ADD;
+	q.flags = fl;
+	q.n_flags = 2;
+	assert_int_equal(call(st, STORE_STORE_FLAGS, &q, &merpati__v1__store_flags_reply__descriptor, &sr), 0);
+	assert_int_equal(sr->n_updated, 3);
+	assert_int_equal(sr->n_modified, 0);
+	uint64_t ms = sr->highestmodseq;
+	assert_true(ms > m3);
+	FREE(sr);
+	s = status(st, "a@example.test", "INBOX");
+	assert_int_equal(s->unseen, 0);
+	assert_int_equal(s->first_unseen_uid, 0);
+	FREE(s);
+
+	/* unchanged_since below the messages' modseq: nothing changes */
+	q.mode = MERPATI__V1__FLAG_MODE__FLAGS_REMOVE;
+	q.unchanged_since = m3;
+	assert_int_equal(call(st, STORE_STORE_FLAGS, &q, &merpati__v1__store_flags_reply__descriptor, &sr), 0);
+	assert_int_equal(sr->n_modified, 3);
+	assert_int_equal(sr->n_updated, 0);
+	assert_int_equal(sr->highestmodseq, ms);
+	FREE(sr);
+	q.unchanged_since = ms;
+	q.uid_set = "1";
+	char *fl2[] = { "\\Seen" };
+	q.flags = fl2;
+	q.n_flags = 1;
+	assert_int_equal(call(st, STORE_STORE_FLAGS, &q, &merpati__v1__store_flags_reply__descriptor, &sr), 0);
+	assert_int_equal(sr->n_updated, 1);
+	assert_int_equal(sr->updated[0]->n_flags, 1);
+	assert_string_equal(sr->updated[0]->flags[0], "\\Flagged");
+	assert_true(sr->highestmodseq > ms);
+	FREE(sr);
+
+	/* bad input changes nothing */
+	q.unchanged_since = 0;
+	q.uid_set = "1:x";
+	assert_int_equal(call(st, STORE_STORE_FLAGS, &q, NULL, NULL), MP_EINVAL);
+	q.uid_set = "0";
+	assert_int_equal(call(st, STORE_STORE_FLAGS, &q, NULL, NULL), MP_EINVAL);
+	char *bad[] = { "\\Recent" };
+	q.uid_set = "1";
+	q.flags = bad;
+	assert_int_equal(call(st, STORE_STORE_FLAGS, &q, NULL, NULL), MP_EINVAL);
+	char *bad2[] = { "a b" };
+	q.flags = bad2;
+	assert_int_equal(call(st, STORE_STORE_FLAGS, &q, NULL, NULL), MP_EINVAL);
+	q.mailbox = "Nope";
+	q.flags = fl2;
+	assert_int_equal(call(st, STORE_STORE_FLAGS, &q, NULL, NULL), MP_ENOENT);
+
+	/* changes since: one entry per uid, its latest */
+	Merpati__V1__ChangesSinceRequest c = MERPATI__V1__CHANGES_SINCE_REQUEST__INIT;
+	Merpati__V1__ChangesSinceReply *cr = NULL;
+	c.user = "a@example.test";
+	c.mailbox = "INBOX";
+	c.modseq = m1;
+	assert_int_equal(call(st, STORE_CHANGES_SINCE, &c, &merpati__v1__changes_since_reply__descriptor, &cr), 0);
+	assert_int_equal(cr->n_changes, 3);
+	for (size_t i = 1; i < cr->n_changes; i++)
+		assert_true(cr->changes[i]->modseq >= cr->changes[i - 1]->modseq); /* one modseq per operation */
+	FREE(cr);
+	c.modseq = 1u << 30;
+	assert_int_equal(call(st, STORE_CHANGES_SINCE, &c, NULL, NULL), MP_ESTALE);
+
+	/* limits: empty body, body over max_message_size */
+	assert_int_equal(append(st, "a@example.test", "INBOX", "", NULL, 0, NULL, NULL), MP_EINVAL);
+	char *big = malloc((1 << 20) + 2);
+	memset(big, 'x', (1 << 20) + 1);
+	big[(1 << 20) + 1] = '\0';
+	assert_int_equal(append(st, "a@example.test", "INBOX", big, NULL, 0, NULL, NULL), MP_ENOSPC);
+	free(big);
+	s = status(st, "a@example.test", "INBOX");
+	assert_int_equal(s->messages, 3);
+	FREE(s);
+}
+
+static void test_refcount_copy_move_expunge(void **state)
+{
+	struct store *st = *state;
+	const char *body = "Subject: shared\r\n\r\nsame body\r\n";
+	mk_domain(st, "example.test");
+	mk_user(st, "a@example.test");
+	mk_user(st, "b@example.test");
+	uint32_t ua1, ua2, ub;
+	assert_int_equal(append(st, "a@example.test", "INBOX", body, NULL, 0, &ua1, NULL), 0);
+	assert_int_equal(append(st, "a@example.test", "INBOX", body, NULL, 0, &ua2, NULL), 0);
+	assert_int_equal(append(st, "b@example.test", "INBOX", body, NULL, 0, &ub, NULL), 0);
+	assert_int_equal(refcount(st, body), 3);
+
+	/* copy adds a reference, move does not */
+	Merpati__V1__CopyRequest c = MERPATI__V1__COPY_REQUEST__INIT;
+	Merpati__V1__CopyReply *cr = NULL;
+	c.user = "a@example.test";
+	c.mailbox = "INBOX";
+	c.uid_set = "1:*";
+	c.dest_mailbox = "Archive";
+	assert_int_equal(call(st, STORE_COPY, &c, &merpati__v1__copy_reply__descriptor, &cr), 0);
+	assert_int_equal(cr->n_src_uids, 2);
+	assert_int_equal(cr->n_dest_uids, 2);
+	assert_int_equal(cr->dest_uids[0], 1);
+	assert_int_equal(cr->dest_uids[1], 2);
+	FREE(cr);
+	assert_int_equal(refcount(st, body), 5);
+	c.mailbox = "Archive";
+	c.dest_mailbox = "Trash";
+	c.uid_set = "2";
+	assert_int_equal(call(st, STORE_MOVE, &c, &merpati__v1__copy_reply__descriptor, &cr), 0);
+	assert_int_equal(cr->n_dest_uids, 1);
+	FREE(cr);
+	assert_int_equal(refcount(st, body), 5);
+	Merpati__V1__StatusReply *s = status(st, "a@example.test", "Archive");
+	assert_int_equal(s->messages, 1);
+	assert_int_equal(s->mailbox->uidnext, 3);
+	FREE(s);
+
+	Merpati__V1__UserRequest g = MERPATI__V1__USER_REQUEST__INIT;
+	Merpati__V1__AccountReply *ar = NULL;
+	g.user = "a@example.test";
+	assert_int_equal(call(st, STORE_GET_ACCOUNT, &g, &merpati__v1__account_reply__descriptor, &ar), 0);
+	assert_int_equal(ar->account->messages, 4);
+	assert_int_equal(ar->account->used_bytes, 4 * strlen(body));
+	FREE(ar);
+
+	/* expunge everything of a: body remains for b */
+	assert_int_equal(expunge(st, "a@example.test", "INBOX", "1:*"), 0);
+	assert_int_equal(expunge(st, "a@example.test", "Archive", "1:*"), 0);
+	assert_int_equal(refcount(st, body), 2);
+	Merpati__V1__MailboxRequest dm = MERPATI__V1__MAILBOX_REQUEST__INIT;
+	dm.user = "a@example.test";
+	dm.name = "Trash";
+	assert_int_equal(call(st, STORE_DELETE_MAILBOX, &dm, NULL, NULL), 0);
+	assert_int_equal(refcount(st, body), 1);
+	dm.name = "INBOX";
+	assert_int_equal(call(st, STORE_DELETE_MAILBOX, &dm, NULL, NULL), MP_EPERM);
+	assert_int_equal(call(st, STORE_GET_ACCOUNT, &g, &merpati__v1__account_reply__descriptor, &ar), 0);
+	assert_int_equal(ar->account->messages, 0);
+	assert_int_equal(ar->account->used_bytes, 0);
+	FREE(ar);
+	/* the last reference: the body goes with it */
+	g.user = "b@example.test";
+	assert_int_equal(call(st, STORE_DELETE_ACCOUNT, &g, NULL, NULL), 0);
+	assert_int_equal(refcount(st, body), -1);
+
+	/* uids are not reused after expunge */
+	uint32_t u;
+	assert_int_equal(append(st, "a@example.test", "INBOX", body, NULL, 0, &u, NULL), 0);
+	assert_true(u > ua2);
+	(void)ua1;
+	(void)ub;
+}
+
+static void test_append_many(void **state)
+{
+	struct store *st = *state;
+	const char *body = "Subject: many\r\n\r\nx\r\n";
+	mk_domain(st, "example.test");
+	mk_user(st, "a@example.test");
+	mk_user(st, "b@example.test");
+	Merpati__V1__Delivery d1 = MERPATI__V1__DELIVERY__INIT, d2 = MERPATI__V1__DELIVERY__INIT,
+			      d3 = MERPATI__V1__DELIVERY__INIT, d4 = MERPATI__V1__DELIVERY__INIT;
+	d1.user = "a@example.test";
+	d2.user = "b@example.test";
+	d2.mailbox = "Junk";
+	d3.user = "ghost@example.test";
+	d4.user = "a@example.test"; /* twice to the same user: two messages */
+	Merpati__V1__Delivery *ds[] = { &d1, &d2, &d3, &d4 };
+	Merpati__V1__AppendManyRequest q = MERPATI__V1__APPEND_MANY_REQUEST__INIT;
+	Merpati__V1__AppendManyReply *rep = NULL;
+	q.deliveries = ds;
+	q.n_deliveries = 4;
+	q.body.data = (uint8_t *)body;
+	q.body.len = strlen(body);
+	assert_int_equal(call(st, STORE_APPEND_MANY, &q, &merpati__v1__append_many_reply__descriptor, &rep), 0);
+	assert_int_equal(rep->n_results, 4);
+	assert_int_equal(rep->results[0]->code, 0);
+	assert_int_equal(rep->results[1]->code, 0);
+	assert_int_equal(rep->results[2]->code, 5 /* NOT_FOUND */);
+	assert_int_equal(rep->results[3]->code, 0);
+	assert_int_equal(rep->results[0]->uid, 1);
+	assert_int_equal(rep->results[3]->uid, 2);
+	FREE(rep);
+	assert_int_equal(refcount(st, body), 3);
+	Merpati__V1__StatusReply *s = status(st, "a@example.test", "INBOX");
+	assert_int_equal(s->messages, 2);
+	FREE(s);
+}
+
+static void test_mailbox_names_rename(void **state)
+{
+	struct store *st = *state;
+	mk_domain(st, "example.test");
+	mk_user(st, "a@example.test");
+	Merpati__V1__CreateMailboxRequest c = MERPATI__V1__CREATE_MAILBOX_REQUEST__INIT;
+	c.user = "a@example.test";
+	const char *good[] = { "a", "a/b", "a/b/c", "Ünïcødé", "x y" };
+	for (size_t i = 0; i < sizeof(good) / sizeof(*good); i++) {
+		c.name = (char *)good[i];
+		assert_int_equal(call(st, STORE_CREATE_MAILBOX, &c, NULL, NULL), 0);
+	}
+	const char *bad[] = { "", "/a", "a/", "a//b", "a/../b", ".", "a\tb", "a*", "b%",
+			      "\xff\xfe", "\xc0\xaf" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+		c.name = (char *)bad[i];
+		assert_int_equal(call(st, STORE_CREATE_MAILBOX, &c, NULL, NULL), MP_EINVAL);
+	}
+	char longname[300];
+	memset(longname, 'n', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	c.name = longname;
+	assert_int_equal(call(st, STORE_CREATE_MAILBOX, &c, NULL, NULL), MP_EINVAL);
+	c.name = "inbox";
+	assert_int_equal(call(st, STORE_CREATE_MAILBOX, &c, NULL, NULL), MP_EEXIST);
+
+	uint32_t u;
+	assert_int_equal(append(st, "a@example.test", "a/b", "Subject: x\r\n\r\ny\r\n", NULL, 0, &u, NULL), 0);
+	Merpati__V1__RenameMailboxRequest r = MERPATI__V1__RENAME_MAILBOX_REQUEST__INIT;
+	r.user = "a@example.test";
+	r.name = "a";
+	r.new_name = "z";
+	assert_int_equal(call(st, STORE_RENAME_MAILBOX, &r, NULL, NULL), 0);
+	Merpati__V1__StatusReply *s = status(st, "a@example.test", "z/b");
+	assert_int_equal(s->messages, 1);
+	FREE(s);
+	Merpati__V1__StatusRequest sq = MERPATI__V1__STATUS_REQUEST__INIT;
+	sq.user = "a@example.test";
+	sq.name = "a/b";
+	assert_int_equal(call(st, STORE_STATUS, &sq, NULL, NULL), MP_ENOENT);
+	r.name = "z";
+	r.new_name = "z/b/q";
+	assert_int_equal(call(st, STORE_RENAME_MAILBOX, &r, NULL, NULL), MP_EINVAL);
+	r.new_name = "Sent";
+	assert_int_equal(call(st, STORE_RENAME_MAILBOX, &r, NULL, NULL), MP_EEXIST);
+}
+
+static void test_restart_and_faults(void **state)
+{
+	struct store *st = *state;
+	mk_domain(st, "example.test");
+	mk_user(st, "a@example.test");
+	uint32_t u = 0, last = 0;
+	uint64_t m = 0, lastm = 0;
+	for (int i = 0; i < 20; i++) {
+		char body[64];
+		snprintf(body, sizeof(body), "Subject: %d\r\n\r\nx\r\n", i);
+		assert_int_equal(append(st, "a@example.test", "INBOX", body, NULL, 0, &u, &m), 0);
+		assert_true(u > last);
+		assert_true(m > lastm);
+		last = u, lastm = m;
+	}
+	assert_int_equal(expunge(st, "a@example.test", "INBOX", "15:*"), 0);
+
+	/* an injected write failure: the caller gets EIO, nothing changed */
+	store_debug_fail_writes(st, 1);
+	assert_int_equal(append(st, "a@example.test", "INBOX", "Subject: lost\r\n\r\nx\r\n",
+				NULL, 0, NULL, NULL), MP_EIO);
+	Merpati__V1__StatusReply *s = status(st, "a@example.test", "INBOX");
+	assert_int_equal(s->messages, 14);
+	assert_int_equal(s->mailbox->uidnext, last + 1);
+	uint64_t hm = s->mailbox->highestmodseq;
+	FREE(s);
+
+	/* restart: uidnext and modseq survive; the expunged uids stay used */
+	store_close(&st);
+	st = open_store(1);
+	*state = st;
+	s = status(st, "a@example.test", "INBOX");
+	assert_int_equal(s->messages, 14);
+	assert_int_equal(s->mailbox->uidnext, last + 1);
+	assert_int_equal(s->mailbox->highestmodseq, hm);
+	FREE(s);
+	assert_int_equal(append(st, "a@example.test", "INBOX", "Subject: after\r\n\r\nx\r\n",
+				NULL, 0, &u, &m), 0);
+	assert_int_equal(u, last + 1);
+	assert_true(m > hm);
+
+	/* a shard count that differs from the data dir's is refused */
+	store_close(&st);
+	struct store_opts o = { .data_dir = dir, .node_id = "t", .shards = 8,
+				.max_message_size = 1 << 20 };
+	char *err = NULL;
+	assert_int_equal(store_open(&o, &st, &err), MP_EINVAL);
+	assert_non_null(err);
+	free(err);
+	st = open_store(1);
+	*state = st;
+}
+
+struct writer {
+	struct store *st;
+	int id;
+	uint32_t uids[50];
+};
+
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+	char user[64];
+	snprintf(user, sizeof(user), "w%d@example.test", w->id % 4);
+	for (int i = 0; i < 50; i++) {
+		char body[64];
+		snprintf(body, sizeof(body), "Subject: %d-%d\r\n\r\nx\r\n", w->id, i);
+		if (append(w->st, user, "INBOX", body, NULL, 0, &w->uids[i], NULL) != 0)
+			w->uids[i] = 0;
+	}
+	return NULL;
+}
+
+static void test_concurrent_writers(void **state)
+{
+	struct store *st = *state;
+	mk_domain(st, "example.test");
+	for (int i = 0; i < 4; i++) {
+		char user[64];
+		snprintf(user, sizeof(user), "w%d@example.test", i);
+		mk_user(st, user);
+	}
+	struct writer w[8];
+	pthread_t t[8];
+	for (int i = 0; i < 8; i++) {
+		w[i].st = st;
+		w[i].id = i;
+		assert_int_equal(pthread_create(&t[i], NULL, writer_main, &w[i]), 0);
+	}
+	for (int i = 0; i < 8; i++)
+		pthread_join(t[i], NULL);
+	/* per user: 100 appends from two writers, uids 1..100 each used once */
+	for (int u = 0; u < 4; u++) {
+		int seen[101] = { 0 };
+		for (int i = 0; i < 8; i++) {
+			if (i % 4 != u)
+				continue;
+			for (int j = 0; j < 50; j++) {
+				assert_true(w[i].uids[j] >= 1 && w[i].uids[j] <= 100);
+				if (j > 0)
+					assert_true(w[i].uids[j] > w[i].uids[j - 1]);
+				seen[w[i].uids[j]]++;
+			}
+		}
+		for (int k = 1; k <= 100; k++)
+			assert_int_equal(seen[k], 1);
+	}
+	struct store_stats stats;
+	store_get_stats(st, &stats);
+	assert_true(stats.mutations >= 400 + 5);
+	assert_true(stats.groups <= stats.mutations);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_account_defaults, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_append_fetch_flags, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_refcount_copy_move_expunge, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_append_many, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_mailbox_names_rename, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_restart_and_faults, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
