@@ -11,6 +11,7 @@
  *   meta s{shard}/c/{user}\0{mbid be32}{modseq be64}{uid be32}  ChangeRec
  *   meta s{shard}/r/{sha256}                        refcount be64
  *   meta s{shard}/L                                 applied epoch be64, lsn be64
+ *   meta s{shard}/V                                 last uidvalidity given, be32
  *   meta s0000/d/{domain}                           DomainRec
  *   blob s{shard}/b/{sha256}                        body
  *   log  s{shard}/{epoch be64}{lsn be64}            LogRecord

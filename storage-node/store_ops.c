@@ -398,12 +398,31 @@ static int new_mailbox(struct rd *r, uint32_t shard, AccountRec *acct,
 	if (acct->next_mailbox_id == 0)
 		acct->next_mailbox_id = 1;
 	mb->id = acct->next_mailbox_id++;
-	/* uidvalidity: above every value this user has had, and near the
-	 * clock so a re-created account does not repeat old values. */
+	/* uidvalidity: above every value this user has had and every value
+	 * handed out in the shard (kept at s{shard}/V), so a deleted and
+	 * re-created account or mailbox never repeats one (RFC 3501 §2.3.1.1),
+	 * and near the clock. The shard key is shared by users: the group's
+	 * overlay serialises it. */
+	struct sk vk;
+	char *vv;
+	size_t vl;
+	uint32_t last = acct->last_uidvalidity;
+	sk_shard(&vk, shard);
+	sk_str(&vk, "V");
+	int gr = rd_get(r, CF_META, &vk, &vv, &vl);
+	if (gr == 0 && vl == 4 && mp_be32_get(vv) > last)
+		last = mp_be32_get(vv);
+	else if (gr < 0 && gr != MP_ENOENT)
+		return gr;
 	uint32_t uv = (uint32_t)now_s();
-	if (uv <= acct->last_uidvalidity)
-		uv = acct->last_uidvalidity + 1;
+	if (uv <= last)
+		uv = last + 1;
 	acct->last_uidvalidity = uv;
+	char vb[4];
+	mp_be32_put(vb, uv);
+	int pr = txn_put_raw(r->pm, CF_META, &vk, vb, 4);
+	if (pr < 0)
+		return pr;
 	mb->uidvalidity = uv;
 	mb->uidnext = 1;
 	mb->highestmodseq = 1;

@@ -602,6 +602,28 @@ static void test_restart_and_faults(void **state)
 	*state = st;
 }
 
+/* A deleted and re-created account never sees an old uidvalidity again. */
+static void test_uidvalidity_never_repeats(void **state)
+{
+	struct store *st = *state;
+	mk_domain(st, "example.test");
+	uint32_t prev = 0;
+	for (int i = 0; i < 3; i++) {
+		mk_user(st, "r@example.test");
+		Merpati__V1__StatusReply *s = status(st, "r@example.test", "INBOX");
+		assert_true(s->mailbox->uidvalidity > prev);
+		prev = s->mailbox->uidvalidity;
+		FREE(s);
+		s = status(st, "r@example.test", "Archive");
+		assert_true(s->mailbox->uidvalidity > prev);
+		prev = s->mailbox->uidvalidity;
+		FREE(s);
+		Merpati__V1__UserRequest g = MERPATI__V1__USER_REQUEST__INIT;
+		g.user = "r@example.test";
+		assert_int_equal(call(st, STORE_DELETE_ACCOUNT, &g, NULL, NULL), 0);
+	}
+}
+
 struct writer {
 	struct store *st;
 	int id;
@@ -672,6 +694,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_mailbox_names_rename, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restart_and_faults, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_uidvalidity_never_repeats, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,1 +1,691 @@
-/* placeholder */
+/*
+ * merpatictl: the admin CLI over the MailStore gRPC API of one storage node.
+ *
+ *   merpatictl [--node HOST:PORT] [--timeout SECONDS] COMMAND ARGS...
+ *
+ * This file holds the entry point: option parsing, the command table, the
+ * signal thread, the node connection and the error -> exit status mapping.
+ * The commands live in ctl_account.c, ctl_mail.c and ctl_node.c.
+ *
+ * Exit status: 0 ok, 1 usage, 2 not found, 3 already exists, 4 invalid
+ * argument, 5 node unavailable, 6 any other error. Errors go to stderr with
+ * the node's own message. It must never accept a password on the command
+ * line, print a password hash, or call the node before every argument of a
+ * command has been checked.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ctl.h"
+#include "mp_config.h"
+#include "mp_error.h"
+#include "mp_log.h"
+#include "mp_rpc.h"
+
+#define CTL_DEFAULT_TIMEOUT_S 30
+#define CTL_MAX_TIMEOUT_S 86400
+#define CTL_MAX_ARGS 64
+
+struct ctl_command {
+	const char *group;     /* "user" */
+	const char *verb;      /* "add"; NULL for one-word commands */
+	int (*run)(struct ctl *c, char **args, int nargs);
+	int min_args, max_args; /* max -1: no limit */
+	unsigned opts;         /* enum ctl_opt_bit accepted */
+	const char *usage;     /* NULL: an alias left out of the listing */
+};
+
+static const struct ctl_command ctl_commands[] = {
+	{ "domain", "add", ctl_cmd_domain_add, 1, 1, 0, "domain add NAME" },
+	{ "domain", "list", ctl_cmd_domain_list, 0, 0, CTL_OPT_PAGE_SIZE,
+	  "domain list [--page-size N]" },
+	{ "domain", "del", ctl_cmd_domain_del, 1, 1, 0,
+	  "domain del NAME            (the domain must have no accounts)" },
+	{ "domain", "delete", ctl_cmd_domain_del, 1, 1, 0, NULL },
+
+	{ "user", "add", ctl_cmd_user_add, 1, 1,
+	  CTL_OPT_QUOTA | CTL_OPT_HASH_STDIN,
+	  "user add USER [--quota SIZE] [--hash-stdin]   (password on stdin)" },
+	{ "user", "list", ctl_cmd_user_list, 0, 1, CTL_OPT_PAGE_SIZE,
+	  "user list [DOMAIN] [--page-size N]" },
+	{ "user", "del", ctl_cmd_user_del, 1, 1, 0, "user del USER" },
+	{ "user", "delete", ctl_cmd_user_del, 1, 1, 0, NULL },
+	{ "user", "passwd", ctl_cmd_user_passwd, 1, 1, CTL_OPT_HASH_STDIN,
+	  "user passwd USER [--hash-stdin]              (password on stdin)" },
+	{ "user", "show", ctl_cmd_user_show, 1, 1, 0, "user show USER" },
+	{ "user", "quota", ctl_cmd_user_quota, 2, 2, 0,
+	  "user quota USER SIZE       (10M, 1G, ...; 0 = unlimited)" },
+	{ "user", "disable", ctl_cmd_user_disable, 1, 1, 0, "user disable USER" },
+	{ "user", "enable", ctl_cmd_user_enable, 1, 1, 0, "user enable USER" },
+
+	{ "mailbox", "list", ctl_cmd_mailbox_list, 1, 1, 0, "mailbox list USER" },
+	{ "mailbox", "create", ctl_cmd_mailbox_create, 2, 2, 0,
+	  "mailbox create USER NAME" },
+	{ "mailbox", "rename", ctl_cmd_mailbox_rename, 3, 3, 0,
+	  "mailbox rename USER OLD NEW" },
+	{ "mailbox", "delete", ctl_cmd_mailbox_delete, 2, 2, 0,
+	  "mailbox delete USER NAME" },
+	{ "mailbox", "del", ctl_cmd_mailbox_delete, 2, 2, 0, NULL },
+
+	{ "msg", "append", ctl_cmd_msg_append, 2, 2, CTL_OPT_FLAGS,
+	  "msg append USER MAILBOX [--flags '\\Seen,\\Flagged']   (body on stdin)" },
+	{ "msg", "list", ctl_cmd_msg_list, 2, 3, CTL_OPT_PAGE_SIZE,
+	  "msg list USER MAILBOX [UIDSET] [--page-size N]" },
+	{ "msg", "fetch", ctl_cmd_msg_fetch, 3, 3, 0,
+	  "msg fetch USER MAILBOX UID            (body to stdout)" },
+	{ "msg", "flags", ctl_cmd_msg_flags, 4, -1, 0,
+	  "msg flags USER MAILBOX UIDSET add|remove|replace FLAGS..." },
+	{ "msg", "expunge", ctl_cmd_msg_expunge, 3, 3, 0,
+	  "msg expunge USER MAILBOX UIDSET" },
+	{ "msg", "copy", ctl_cmd_msg_copy, 4, 4, 0,
+	  "msg copy USER MAILBOX UIDSET DEST" },
+	{ "msg", "move", ctl_cmd_msg_move, 4, 4, 0,
+	  "msg move USER MAILBOX UIDSET DEST" },
+
+	{ "watch", NULL, ctl_cmd_watch, 1, 1, CTL_OPT_COUNT | CTL_OPT_SECONDS,
+	  "watch USER [--count N] [--seconds S]" },
+	{ "node", "info", ctl_cmd_node_info, 0, 0, 0, "node info" },
+};
+
+static void ctl_print_usage(FILE *out)
+{
+	size_t i;
+
+	fprintf(out,
+		"usage: merpatictl [--node HOST:PORT] [--timeout SECONDS] "
+		"[--verbose] COMMAND [ARGS...]\n"
+		"\n"
+		"  --node HOST:PORT   storage node to talk to (default: "
+		"$MERPATI_NODE)\n"
+		"  --timeout SECONDS  deadline of each call (default %d)\n"
+		"\n"
+		"commands:\n", CTL_DEFAULT_TIMEOUT_S);
+	for (i = 0; i < sizeof ctl_commands / sizeof ctl_commands[0]; i++) {
+		if (ctl_commands[i].usage != NULL)
+			fprintf(out, "  %s\n", ctl_commands[i].usage);
+	}
+	fprintf(out, "  help\n"
+		"\n"
+		"USER is local@domain. UIDSET is an IMAP sequence set over UIDs "
+		"(\"1:5,7,9:*\").\n"
+		"Passwords and hashes are read from stdin, never from the "
+		"command line.\n"
+		"exit status: 0 ok, 1 usage, 2 not found, 3 already exists, "
+		"4 invalid argument,\n"
+		"             5 node unavailable, 6 other error\n");
+}
+
+/* ------------------------------------------------------------ messages */
+
+static const struct ctl_command *ctl_current;
+
+void ctl_err(const struct ctl *c, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	if (c != NULL && c->what != NULL)
+		fprintf(stderr, "merpatictl: %s: %s\n", c->what, msg);
+	else
+		fprintf(stderr, "merpatictl: %s\n", msg);
+}
+
+int ctl_usage_error(const struct ctl *c, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	ctl_err(c, "%s", msg);
+	if (ctl_current != NULL && ctl_current->usage != NULL)
+		fprintf(stderr, "usage: merpatictl %s\n", ctl_current->usage);
+	else
+		fprintf(stderr, "run 'merpatictl help' for the list of "
+			"commands\n");
+	return CTL_EXIT_USAGE;
+}
+
+int ctl_exit_for(int err)
+{
+	switch (err) {
+	case MP_OK:
+		return CTL_EXIT_OK;
+	case MP_ENOENT:
+		return CTL_EXIT_NOTFOUND;
+	case MP_EEXIST:
+		return CTL_EXIT_EXISTS;
+	case MP_EINVAL:
+	case MP_ETOOBIG:
+		return CTL_EXIT_INVALID;
+	case MP_EUNAVAIL:
+	case MP_ETIMEDOUT:
+	case MP_ECANCELED:
+	case MP_ENOTLEADER:
+		/* All mean "this node cannot do it now": try again or
+		 * elsewhere. */
+		return CTL_EXIT_UNAVAIL;
+	default:
+		return CTL_EXIT_ERROR;
+	}
+}
+
+static const char *ctl_err_words(int err)
+{
+	switch (err) {
+	case MP_ENOENT: return "not found";
+	case MP_EEXIST: return "already exists";
+	case MP_EINVAL: return "invalid argument";
+	case MP_ETOOBIG: return "too big";
+	case MP_ENOSPC: return "over quota or a limit";
+	case MP_EIO: return "storage error";
+	case MP_ENOMEM: return "out of memory";
+	case MP_EUNAVAIL: return "node unavailable";
+	case MP_ETIMEDOUT: return "timed out";
+	case MP_ENOTLEADER: return "node is not the shard's leader";
+	case MP_ESTALE: return "stale";
+	case MP_ECANCELED: return "cancelled";
+	case MP_EPERM: return "not allowed";
+	case MP_ESTATE: return "not possible in this state";
+	case MP_EUNIMPL: return "not implemented by the node";
+	case MP_EPROTO: return "protocol error";
+	default: return "error";
+	}
+}
+
+int ctl_rpc_error(struct ctl *c, const char *method, int err, const char *msg)
+{
+	const char *name = mp_strerror(err);
+
+	if (name == NULL)
+		name = "?";
+	if (ctl_exit_for(err) == CTL_EXIT_UNAVAIL) {
+		ctl_err(c, "%s on node %s: %s (%s)%s%s", method,
+			c->opt.node, ctl_err_words(err), name,
+			msg != NULL && *msg != '\0' ? ": " : "",
+			msg != NULL ? msg : "");
+	} else {
+		ctl_err(c, "%s: %s (%s)%s%s", method, ctl_err_words(err), name,
+			msg != NULL && *msg != '\0' ? ": " : "",
+			msg != NULL ? msg : "");
+	}
+	return ctl_exit_for(err);
+}
+
+/* ------------------------------------------------------------- signals */
+
+static atomic_int ctl_soft_interrupt;
+static atomic_int ctl_got_signal;
+
+int ctl_interrupted(void)
+{
+	return atomic_load(&ctl_got_signal) != 0;
+}
+
+void ctl_set_soft_interrupt(int on)
+{
+	atomic_store(&ctl_soft_interrupt, on);
+}
+
+/* gRPC wants SIGINT/SIGTERM blocked in its threads (mp_rpc.h); this thread
+ * takes them instead. Outside a watch a signal ends the process at once:
+ * nothing a blocking call has half done needs undoing on our side (the node
+ * applies a call fully or not at all). */
+static void *ctl_signal_thread(void *arg)
+{
+	sigset_t *set = arg;
+	int sig;
+
+	for (;;) {
+		if (sigwait(set, &sig) != 0)
+			continue;
+		if (atomic_load(&ctl_soft_interrupt) &&
+		    !atomic_load(&ctl_got_signal)) {
+			atomic_store(&ctl_got_signal, sig);
+			continue;
+		}
+		ctl_tty_restore();
+		_exit(128 + sig);
+	}
+	return NULL;
+}
+
+static int ctl_signals_start(void)
+{
+	static sigset_t set;
+	pthread_t th;
+	int ret;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
+	ret = pthread_sigmask(SIG_BLOCK, &set, NULL);
+	if (ret != 0)
+		return -ret;
+	ret = pthread_create(&th, NULL, ctl_signal_thread, &set);
+	if (ret != 0)
+		return -ret;
+	ret = pthread_detach(th);
+	return ret != 0 ? -ret : 0;
+}
+
+/* --------------------------------------------------------------- calls */
+
+int ctl_connect(struct ctl *c)
+{
+	int err;
+
+	if (c->ch != NULL)
+		return CTL_EXIT_OK;
+	if (!c->rpc_started) {
+		mp_rpc_init();
+		c->rpc_started = 1;
+	}
+	err = mp_rpc_channel_open(c->opt.node, MP_RPC_DEFAULT_MAX_MSG, &c->ch);
+	if (err != 0) {
+		ctl_err(c, "cannot open a channel to %s: %s", c->opt.node,
+			mp_strerror(err));
+		/* A channel that cannot even be made means a bad target or
+		 * no resources; either way the node is not reachable. */
+		return err == MP_EINVAL ? CTL_EXIT_INVALID : CTL_EXIT_UNAVAIL;
+	}
+	return CTL_EXIT_OK;
+}
+
+int ctl_call(struct ctl *c, const char *method, const ProtobufCMessage *req,
+	     const ProtobufCMessageDescriptor *resp_desc,
+	     ProtobufCMessage **resp_r)
+{
+	char path[128];
+	char *msg = NULL;
+	int err, ret;
+
+	*resp_r = NULL;
+	if (mp_rpc_method_path(&merpati__v1__mail_store__descriptor, method,
+			       path, sizeof path) == NULL) {
+		ctl_err(c, "internal error: %s is not a MailStore method",
+			method);
+		return CTL_EXIT_ERROR;
+	}
+	ret = ctl_connect(c);
+	if (ret != CTL_EXIT_OK)
+		return ret;
+	err = mp_rpc_call(c->ch, path, req, resp_desc, c->opt.timeout_ms,
+			  resp_r, &msg);
+	if (err != 0) {
+		*resp_r = NULL;
+		ret = ctl_rpc_error(c, method, err, msg);
+		free(msg);
+		return ret;
+	}
+	if (*resp_r == NULL) {
+		ctl_err(c, "%s: the node sent no reply", method);
+		return CTL_EXIT_ERROR;
+	}
+	return CTL_EXIT_OK;
+}
+
+/* ------------------------------------------------------------- options */
+
+struct ctl_optdef {
+	const char *name;
+	int has_value;
+	unsigned bit;      /* 0: global option */
+};
+
+static const struct ctl_optdef ctl_optdefs[] = {
+	{ "node", 1, 0 },
+	{ "timeout", 1, 0 },
+	{ "verbose", 0, 0 },
+	{ "help", 0, 0 },
+	{ "quota", 1, CTL_OPT_QUOTA },
+	{ "hash-stdin", 0, CTL_OPT_HASH_STDIN },
+	{ "flags", 1, CTL_OPT_FLAGS },
+	{ "count", 1, CTL_OPT_COUNT },
+	{ "seconds", 1, CTL_OPT_SECONDS },
+	{ "page-size", 1, CTL_OPT_PAGE_SIZE },
+};
+
+/* Parses a whole number within [min, max]; 0 or MP_EINVAL. */
+static int ctl_parse_bounded(const char *s, uint64_t min, uint64_t max,
+			     uint64_t *r)
+{
+	uint64_t v;
+
+	if (mp_parse_uint(s, &v) != 0 || v < min || v > max)
+		return MP_EINVAL;
+	*r = v;
+	return 0;
+}
+
+/* HOST:PORT or [V6]:PORT with a port of 1..65535. */
+static int ctl_check_node(const char *node)
+{
+	const char *colon = strrchr(node, ':');
+	uint64_t port;
+	size_t i;
+
+	if (colon == NULL || colon == node)
+		return MP_EINVAL;
+	for (i = 0; node + i < colon; i++) {
+		unsigned char ch = (unsigned char)node[i];
+
+		if (ch <= ' ' || ch == 0x7f || ch == '/')
+			return MP_EINVAL;
+	}
+	if (node[0] == '[' && colon[-1] != ']')
+		return MP_EINVAL;
+	return ctl_parse_bounded(colon + 1, 1, 65535, &port);
+}
+
+/* Sets one option. Exit status. */
+static int ctl_set_opt(struct ctl *c, const struct ctl_optdef *d,
+		       const char *value)
+{
+	uint64_t v;
+
+	if (d->bit != 0)
+		c->opt.seen |= d->bit;
+	if (strcmp(d->name, "node") == 0) {
+		c->opt.node = value;
+	} else if (strcmp(d->name, "timeout") == 0) {
+		if (ctl_parse_bounded(value, 1, CTL_MAX_TIMEOUT_S, &v) != 0) {
+			ctl_err(NULL, "--timeout: expected whole seconds "
+				"1..%d, got \"%s\"", CTL_MAX_TIMEOUT_S, value);
+			return CTL_EXIT_INVALID;
+		}
+		c->opt.timeout_ms = (int64_t)v * 1000;
+	} else if (strcmp(d->name, "verbose") == 0) {
+		c->opt.verbose = 1;
+	} else if (strcmp(d->name, "quota") == 0) {
+		c->opt.quota = value;
+	} else if (strcmp(d->name, "hash-stdin") == 0) {
+		c->opt.hash_stdin = 1;
+	} else if (strcmp(d->name, "flags") == 0) {
+		c->opt.flags = value;
+	} else if (strcmp(d->name, "count") == 0) {
+		if (ctl_parse_bounded(value, 1, UINT32_MAX, &v) != 0) {
+			ctl_err(NULL, "--count: expected a number >= 1, got "
+				"\"%s\"", value);
+			return CTL_EXIT_INVALID;
+		}
+		c->opt.count = v;
+	} else if (strcmp(d->name, "seconds") == 0) {
+		if (ctl_parse_bounded(value, 1, CTL_MAX_TIMEOUT_S * 365ull,
+				      &v) != 0) {
+			ctl_err(NULL, "--seconds: expected a number >= 1, got "
+				"\"%s\"", value);
+			return CTL_EXIT_INVALID;
+		}
+		c->opt.seconds = v;
+	} else if (strcmp(d->name, "page-size") == 0) {
+		if (ctl_parse_bounded(value, 1, 100000, &v) != 0) {
+			ctl_err(NULL, "--page-size: expected 1..100000, got "
+				"\"%s\"", value);
+			return CTL_EXIT_INVALID;
+		}
+		c->opt.page_size = (uint32_t)v;
+	}
+	return CTL_EXIT_OK;
+}
+
+/* Splits argv into options (anywhere; "--" ends them) and positional
+ * words. *help_r is set for --help / -h. Exit status. */
+static int ctl_parse_argv(struct ctl *c, int argc, char **argv, char **pos,
+			  int *npos_r, int *help_r)
+{
+	int i, npos = 0, only_pos = 0;
+
+	for (i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		const struct ctl_optdef *d = NULL;
+		const char *eq, *value = NULL;
+		size_t namelen, k;
+		int ret;
+
+		if (!only_pos && strcmp(a, "--") == 0) {
+			only_pos = 1;
+			continue;
+		}
+		if (!only_pos && strcmp(a, "-h") == 0) {
+			*help_r = 1;
+			continue;
+		}
+		if (only_pos || strncmp(a, "--", 2) != 0) {
+			if (npos == CTL_MAX_ARGS) {
+				ctl_err(NULL, "too many arguments");
+				return CTL_EXIT_USAGE;
+			}
+			pos[npos++] = argv[i];
+			continue;
+		}
+		eq = strchr(a + 2, '=');
+		namelen = eq != NULL ? (size_t)(eq - (a + 2)) : strlen(a + 2);
+		for (k = 0; k < sizeof ctl_optdefs / sizeof ctl_optdefs[0];
+		     k++) {
+			if (strlen(ctl_optdefs[k].name) == namelen &&
+			    memcmp(ctl_optdefs[k].name, a + 2, namelen) == 0) {
+				d = &ctl_optdefs[k];
+				break;
+			}
+		}
+		if (d == NULL) {
+			ctl_err(NULL, "unknown option %s (see 'merpatictl "
+				"help')", a);
+			return CTL_EXIT_USAGE;
+		}
+		if (strcmp(d->name, "help") == 0) {
+			*help_r = 1;
+			continue;
+		}
+		if (d->has_value) {
+			if (eq != NULL) {
+				value = eq + 1;
+			} else if (i + 1 < argc) {
+				value = argv[++i];
+			} else {
+				ctl_err(NULL, "option --%s needs a value",
+					d->name);
+				return CTL_EXIT_USAGE;
+			}
+		} else if (eq != NULL) {
+			ctl_err(NULL, "option --%s takes no value", d->name);
+			return CTL_EXIT_USAGE;
+		}
+		ret = ctl_set_opt(c, d, value);
+		if (ret != CTL_EXIT_OK)
+			return ret;
+	}
+	*npos_r = npos;
+	return CTL_EXIT_OK;
+}
+
+static const struct ctl_command *ctl_find(char **pos, int npos, int *used_r)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof ctl_commands / sizeof ctl_commands[0]; i++) {
+		const struct ctl_command *cmd = &ctl_commands[i];
+
+		if (strcmp(cmd->group, pos[0]) != 0)
+			continue;
+		if (cmd->verb == NULL) {
+			*used_r = 1;
+			return cmd;
+		}
+		if (npos >= 2 && strcmp(cmd->verb, pos[1]) == 0) {
+			*used_r = 2;
+			return cmd;
+		}
+	}
+	return NULL;
+}
+
+static int ctl_group_known(const char *group)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof ctl_commands / sizeof ctl_commands[0]; i++) {
+		if (strcmp(ctl_commands[i].group, group) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+static void ctl_print_group_usage(const char *group)
+{
+	size_t i;
+
+	fprintf(stderr, "usage:\n");
+	for (i = 0; i < sizeof ctl_commands / sizeof ctl_commands[0]; i++) {
+		if (strcmp(ctl_commands[i].group, group) == 0 &&
+		    ctl_commands[i].usage != NULL)
+			fprintf(stderr, "  merpatictl %s\n",
+				ctl_commands[i].usage);
+	}
+}
+
+static int ctl_run(struct ctl *c, int argc, char **argv)
+{
+	char *pos[CTL_MAX_ARGS];
+	const struct ctl_command *cmd;
+	const char *env;
+	char what[64];
+	int npos = 0, used = 0, help = 0, ret;
+	unsigned extra;
+
+	ret = ctl_parse_argv(c, argc, argv, pos, &npos, &help);
+	if (ret != CTL_EXIT_OK)
+		return ret;
+	if (npos == 0 || strcmp(pos[0], "help") == 0) {
+		if (npos == 0 && !help) {
+			ctl_print_usage(stderr);
+			return CTL_EXIT_USAGE;
+		}
+		ctl_print_usage(stdout);
+		return CTL_EXIT_OK;
+	}
+	cmd = ctl_find(pos, npos, &used);
+	if (cmd == NULL) {
+		if (!ctl_group_known(pos[0])) {
+			ctl_err(NULL, "unknown command \"%s\" (see "
+				"'merpatictl help')", pos[0]);
+			return CTL_EXIT_USAGE;
+		}
+		if (npos < 2)
+			ctl_err(NULL, "%s: missing subcommand", pos[0]);
+		else
+			ctl_err(NULL, "%s: unknown subcommand \"%s\"",
+				pos[0], pos[1]);
+		ctl_print_group_usage(pos[0]);
+		return CTL_EXIT_USAGE;
+	}
+	ctl_current = cmd;
+	if (cmd->verb != NULL)
+		snprintf(what, sizeof what, "%s %s", cmd->group, cmd->verb);
+	else
+		snprintf(what, sizeof what, "%s", cmd->group);
+	c->what = what;
+	if (help) {
+		printf("usage: merpatictl %s\n",
+		       cmd->usage != NULL ? cmd->usage : what);
+		return CTL_EXIT_OK;
+	}
+
+	extra = c->opt.seen & ~cmd->opts;
+	if (extra != 0) {
+		size_t k;
+
+		for (k = 0; k < sizeof ctl_optdefs / sizeof ctl_optdefs[0];
+		     k++) {
+			if (ctl_optdefs[k].bit & extra)
+				break;
+		}
+		ret = ctl_usage_error(c, "option --%s does not apply here",
+				      k < sizeof ctl_optdefs /
+				      sizeof ctl_optdefs[0] ?
+				      ctl_optdefs[k].name : "?");
+		c->what = NULL;
+		return ret;
+	}
+	npos -= used;
+	if (npos < cmd->min_args ||
+	    (cmd->max_args >= 0 && npos > cmd->max_args)) {
+		ret = ctl_usage_error(c, "%s arguments",
+				      npos < cmd->min_args ? "missing" :
+				      "too many");
+		c->what = NULL;
+		return ret;
+	}
+
+	if (c->opt.node == NULL) {
+		env = getenv("MERPATI_NODE");
+		if (env != NULL && *env != '\0')
+			c->opt.node = env;
+	}
+	if (c->opt.node == NULL) {
+		ret = ctl_usage_error(c, "no node given: use --node HOST:PORT "
+				      "or set MERPATI_NODE");
+		c->what = NULL;
+		return ret;
+	}
+	if (ctl_check_node(c->opt.node) != 0) {
+		ctl_err(c, "bad node address \"%s\": expected HOST:PORT",
+			c->opt.node);
+		c->what = NULL;
+		return CTL_EXIT_INVALID;
+	}
+
+	ret = cmd->run(c, pos + used, npos);
+	c->what = NULL;
+	return ret;
+}
+
+int main(int argc, char **argv)
+{
+	struct ctl c;
+	int ret, err;
+
+	memset(&c, 0, sizeof c);
+	c.opt.timeout_ms = (int64_t)CTL_DEFAULT_TIMEOUT_S * 1000;
+
+	err = ctl_signals_start();
+	if (err != 0) {
+		fprintf(stderr, "merpatictl: cannot set up signals: %s\n",
+			strerror(-err));
+		return CTL_EXIT_ERROR;
+	}
+	mp_log_set_prefix("proc=merpatictl");
+	mp_log_set_level(MP_LOG_ERROR);
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--") == 0)
+			break;
+		if (strcmp(argv[i], "--verbose") == 0)
+			mp_log_set_level(MP_LOG_DEBUG);
+	}
+
+	ret = ctl_run(&c, argc, argv);
+
+	mp_rpc_channel_close(&c.ch);
+	if (c.rpc_started)
+		mp_rpc_shutdown();
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		fprintf(stderr, "merpatictl: writing to stdout failed: %s\n",
+			strerror(errno));
+		if (ret == CTL_EXIT_OK)
+			ret = CTL_EXIT_ERROR;
+	}
+	return ret;
+}

@@ -1,0 +1,185 @@
+/*
+ * ctl: what the pieces of merpatictl share: parsed options, the connection
+ * to one node, argument checks, stdin readers and output helpers.
+ *
+ * Command handlers return the process exit status (enum ctl_exit), not an
+ * MP_E* code: a CLI's result is its exit status, and every error has already
+ * been printed on stderr where it happened. Handlers check every argument
+ * before they read stdin or talk to the node, so a refused command changes
+ * nothing. merpatictl never takes a password or a hash from argv, never
+ * prints a stored hash, and wipes every buffer that held a password.
+ */
+#ifndef CTL_H
+#define CTL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <protobuf-c/protobuf-c.h>
+
+#include "mailstore.pb-c.h"
+
+enum ctl_exit {
+	CTL_EXIT_OK = 0,
+	CTL_EXIT_USAGE = 1,     /* unknown command or option, wrong arity */
+	CTL_EXIT_NOTFOUND = 2,
+	CTL_EXIT_EXISTS = 3,
+	CTL_EXIT_INVALID = 4,   /* a bad value, ours or the node's verdict */
+	CTL_EXIT_UNAVAIL = 5,   /* cannot reach the node, timeout, not leader */
+	CTL_EXIT_ERROR = 6,     /* any other error, local I/O included */
+};
+
+/* Options a command may accept; the global ones are always allowed. */
+enum ctl_opt_bit {
+	CTL_OPT_QUOTA = 1u << 0,
+	CTL_OPT_HASH_STDIN = 1u << 1,
+	CTL_OPT_FLAGS = 1u << 2,
+	CTL_OPT_COUNT = 1u << 3,
+	CTL_OPT_SECONDS = 1u << 4,
+	CTL_OPT_PAGE_SIZE = 1u << 5,
+};
+
+struct ctl_opts {
+	const char *node;      /* borrowed (argv or environment) */
+	int64_t timeout_ms;
+	unsigned seen;         /* enum ctl_opt_bit given on the command line */
+	const char *quota;     /* borrowed from argv */
+	const char *flags;     /* borrowed from argv */
+	uint64_t count;        /* 0 = not given */
+	uint64_t seconds;      /* 0 = not given */
+	uint32_t page_size;    /* 0 = the node's default */
+	int hash_stdin;
+	int verbose;
+};
+
+struct mp_rpc_channel;
+
+struct ctl {
+	struct ctl_opts opt;
+	const char *what;              /* "user add", for messages; static */
+	struct mp_rpc_channel *ch;     /* owned; opened by the first call */
+	int rpc_started;
+};
+
+/* A flag list parsed from text: pointers into one owned copy. */
+struct ctl_flags {
+	char **v;      /* owned array; strings point into storage */
+	size_t n;
+	char *storage; /* owned */
+};
+
+#define CTL_FLAGS_MAX 128
+#define CTL_FLAG_LEN_MAX 255
+#define CTL_MAILBOX_LEN_MAX 1000
+#define CTL_USER_LEN_MAX 254
+#define CTL_DOMAIN_LEN_MAX 253
+#define CTL_BODY_CHUNK (1024u * 1024)
+/* Leaves room in one gRPC message for the other fields of AppendRequest. */
+#define CTL_BODY_MAX (63u * 1024 * 1024)
+#define CTL_PAGES_MAX 1000000
+
+/* ---------------------------------------------------------- merpatictl.c */
+
+/* Prints "merpatictl: <what>: <fmt...>" on stderr. */
+void ctl_err(const struct ctl *c, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Prints the usage line of c->what and returns CTL_EXIT_USAGE. */
+int ctl_usage_error(const struct ctl *c, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Unary MailStore call by method name. Returns CTL_EXIT_OK with *resp_r
+ * (free with protobuf_c_message_free_unpacked), or the exit status after
+ * printing the node's message. */
+int ctl_call(struct ctl *c, const char *method, const ProtobufCMessage *req,
+	     const ProtobufCMessageDescriptor *resp_desc,
+	     ProtobufCMessage **resp_r);
+/* Opens the channel (and starts gRPC) if not yet done. Exit status. */
+int ctl_connect(struct ctl *c);
+/* Exit status for an MP_E* code. */
+int ctl_exit_for(int err);
+/* Prints an RPC error for method and returns its exit status. */
+int ctl_rpc_error(struct ctl *c, const char *method, int err, const char *msg);
+/* 1 once SIGINT/SIGTERM/SIGHUP arrived while a watch was running. */
+int ctl_interrupted(void);
+/* Let signals end the process at once (0) or only raise the flag (1). */
+void ctl_set_soft_interrupt(int on);
+
+/* ------------------------------------------------------------ ctl_util.c */
+
+/* Lower-cases in place and checks "local@domain". 0 or MP_EINVAL. */
+int ctl_check_user(char *user, const char **error_r);
+/* Lower-cases in place and checks a domain name. 0 or MP_EINVAL. */
+int ctl_check_domain(char *domain, const char **error_r);
+int ctl_check_mailbox(const char *name, const char **error_r);
+int ctl_check_uidset(const char *s, const char **error_r);
+/* One UID (1..4294967295). */
+int ctl_parse_uid(const char *s, uint32_t *uid_r);
+/* Splits text on ',' and white space, checks each flag and writes system
+ * flags in their RFC 3501 spelling. An empty text gives an empty list. */
+int ctl_flags_parse(const char *text, struct ctl_flags *f, const char **error_r);
+/* Appends the flags of more texts to f (for "msg flags ... FLAGS..."). */
+int ctl_flags_parse_many(char **texts, int n, struct ctl_flags *f,
+			 const char **error_r);
+void ctl_flags_free(struct ctl_flags *f);
+
+/* Reads one line from stdin into buf (size cap, NUL-terminated), without
+ * its "\n" or "\r\n". On a terminal it prompts on stderr with echo off.
+ * Refuses an empty line, a NUL byte, a longer line than max, or more input
+ * after the line. The caller wipes buf. 0 or MP_EINVAL/MP_EIO. */
+int ctl_read_line_stdin(const char *prompt, char *buf, size_t cap, size_t max,
+			size_t *len_r, const char **error_r);
+/* Restores the terminal if a secret read had turned echo off. Safe from the
+ * signal thread. */
+void ctl_tty_restore(void);
+/* Reads all of stdin (at most max bytes) into a malloc'd buffer. */
+int ctl_read_all_stdin(size_t max, uint8_t **data_r, size_t *len_r,
+		       const char **error_r);
+
+/* Writes all of data to stdout. 0 or MP_EIO. */
+int ctl_write_stdout(const void *data, size_t len);
+
+/* "2024-05-01T10:00:00Z" (or "-" for 0) into out. */
+const char *ctl_fmt_time(uint64_t unix_s, char *out, size_t outlen);
+/* "10M", "1536", "unlimited" (when unlimited_zero and n == 0). */
+const char *ctl_fmt_size(uint64_t n, int unlimited_zero, char *out,
+			 size_t outlen);
+/* The name as is, or double-quoted with \" and \\ when it holds space,
+ * quotes, backslashes or control bytes (so a line stays one record). */
+const char *ctl_fmt_name(const char *s, char *out, size_t outlen);
+/* "yescrypt", "sha512-crypt", ... for a stored hash; never any of its
+ * salt or digest. */
+const char *ctl_hash_scheme(const char *hash, char *out, size_t outlen);
+const char *ctl_state_name(Merpati__V1__AccountState st);
+/* "(\Seen \Flagged)" into out. */
+const char *ctl_fmt_flags(char **flags, size_t n, char *out, size_t outlen);
+
+/* ------------------------------------------------- command handlers */
+
+int ctl_cmd_domain_add(struct ctl *c, char **args, int nargs);
+int ctl_cmd_domain_list(struct ctl *c, char **args, int nargs);
+int ctl_cmd_domain_del(struct ctl *c, char **args, int nargs);
+
+int ctl_cmd_user_add(struct ctl *c, char **args, int nargs);
+int ctl_cmd_user_list(struct ctl *c, char **args, int nargs);
+int ctl_cmd_user_del(struct ctl *c, char **args, int nargs);
+int ctl_cmd_user_passwd(struct ctl *c, char **args, int nargs);
+int ctl_cmd_user_show(struct ctl *c, char **args, int nargs);
+int ctl_cmd_user_quota(struct ctl *c, char **args, int nargs);
+int ctl_cmd_user_disable(struct ctl *c, char **args, int nargs);
+int ctl_cmd_user_enable(struct ctl *c, char **args, int nargs);
+
+int ctl_cmd_mailbox_list(struct ctl *c, char **args, int nargs);
+int ctl_cmd_mailbox_create(struct ctl *c, char **args, int nargs);
+int ctl_cmd_mailbox_rename(struct ctl *c, char **args, int nargs);
+int ctl_cmd_mailbox_delete(struct ctl *c, char **args, int nargs);
+
+int ctl_cmd_msg_append(struct ctl *c, char **args, int nargs);
+int ctl_cmd_msg_list(struct ctl *c, char **args, int nargs);
+int ctl_cmd_msg_fetch(struct ctl *c, char **args, int nargs);
+int ctl_cmd_msg_flags(struct ctl *c, char **args, int nargs);
+int ctl_cmd_msg_expunge(struct ctl *c, char **args, int nargs);
+int ctl_cmd_msg_copy(struct ctl *c, char **args, int nargs);
+int ctl_cmd_msg_move(struct ctl *c, char **args, int nargs);
+
+int ctl_cmd_watch(struct ctl *c, char **args, int nargs);
+int ctl_cmd_node_info(struct ctl *c, char **args, int nargs);
+
+#endif
