@@ -25,7 +25,7 @@ enum mp_err {
 	MP_ECANCELED = -12,   /* call cancelled (CANCELLED) */
 	MP_EPERM = -13,       /* not allowed (PERMISSION_DENIED) */
 	MP_ESTATE = -14,      /* wrong state for this (FAILED_PRECONDITION) */
-	MP_ETOOBIG = -15,     /* over a configured limit (INVALID_ARGUMENT... see map) */
+	MP_ETOOBIG = -15,     /* over a configured limit (RESOURCE_EXHAUSTED) */
 	MP_EUNIMPL = -16,     /* not implemented (UNIMPLEMENTED) */
 	MP_EPROTO = -17,      /* peer broke the protocol (INTERNAL) */
 };

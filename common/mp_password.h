@@ -14,7 +14,7 @@
 
 #include <stddef.h>
 
-#define MP_PASSWORD_MAX 1024
+#define MP_PASSWORD_MAX 511  /* libxcrypt refuses 512 bytes and more */
 #define MP_HASH_MAX 512
 
 /* Hash password (len bytes) into a malloc'd string. 0 or MP_E*. */
