@@ -54,8 +54,8 @@
 #define RPC_DEFAULT_CALL_TIMEOUT_MS 30000
 /* A restarted peer is found again within this: gRPC's default backoff grows
  * to 120 s, far too long for nodes on one LAN. */
-#define RPC_RECONNECT_INITIAL_MS 200
-#define RPC_RECONNECT_MAX_MS 2000
+#define RPC_RECONNECT_INITIAL_MS 100
+#define RPC_RECONNECT_MAX_MS 1000
 /* mp_rpc_server_stop logs who it is still waiting for at this interval. */
 #define RPC_STOP_LOG_INTERVAL_S 5
 
@@ -1336,7 +1336,7 @@ int mp_rpc_channel_open(const char *target, size_t max_msg,
 {
 	struct mp_rpc_channel *ch;
 	grpc_channel_credentials *creds;
-	grpc_arg args[4];
+	grpc_arg args[6];
 	grpc_channel_args chargs;
 
 	*ch_r = NULL;
@@ -1365,7 +1365,16 @@ int mp_rpc_channel_open(const char *target, size_t max_msg,
 	args[3].type = GRPC_ARG_INTEGER;
 	args[3].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
 	args[3].value.integer = RPC_RECONNECT_MAX_MS;
-	chargs.num_args = 4;
+	/* A restarted node must be reached again within a fraction of a
+	 * second: gRPC's defaults (20 s minimum connect backoff, 30 s between
+	 * re-resolutions) stall a channel for seconds after a refusal. */
+	args[4].type = GRPC_ARG_INTEGER;
+	args[4].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
+	args[4].value.integer = RPC_RECONNECT_INITIAL_MS;
+	args[5].type = GRPC_ARG_INTEGER;
+	args[5].key = GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS;
+	args[5].value.integer = RPC_RECONNECT_INITIAL_MS;
+	chargs.num_args = 6;
 	chargs.args = args;
 	creds = grpc_insecure_credentials_create();
 	ch->channel = grpc_channel_create(target, creds, &chargs);
