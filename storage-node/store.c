@@ -52,6 +52,18 @@ struct pm {
 	ProtobufCMessage *reply;
 	uint64_t lsn;
 	const char *request_id;
+	/* leader: the packed log record (arena) */
+	uint8_t *rec;
+	size_t rec_len;
+	uint64_t rec_epoch;
+	bool skip_write;          /* replication fenced it */
+	int err_after_write;      /* answer this error even though written */
+	/* follower: replicated records to apply */
+	bool apply;
+	uint64_t apply_epoch;
+	const ProtobufCBinaryData *recs; /* borrowed until cb */
+	size_t n_recs;
+	store_apply_cb apply_cb;
 };
 
 static const char *cf_names[CF_COUNT] = { "meta", "blob", "log" };
@@ -464,7 +476,13 @@ static void pm_free(struct pm *pm)
 
 static void pm_finish(struct pm *pm)
 {
-	pm->cb(pm->err, pm->errmsg, pm->err == 0 ? pm->reply : NULL, pm->arg);
+	if (pm->apply) {
+		struct store *st = pm->st;
+		pm->apply_cb(pm->err, pm->errmsg, st->epoch[pm->shard], st->lsn[pm->shard],
+			     pm->arg);
+	} else {
+		pm->cb(pm->err, pm->errmsg, pm->err == 0 ? pm->reply : NULL, pm->arg);
+	}
 	pm_free(pm);
 }
 
@@ -550,23 +568,12 @@ static int log_record_op(struct pm *pm, Merpati__Rec__Op **ops_r)
 	return 0;
 }
 
-/* Append pm's operations and its log record to wb. */
-static int batch_add(struct store *st, rocksdb_writebatch_t *wb, struct pm *pm)
+/* Pack pm's log record (shard, epoch, lsn, ops) into pm->rec. */
+static int pack_record(struct store *st, struct pm *pm)
 {
-	for (size_t i = 0; i < pm->ops.n; i++) {
-		struct op *o = op_at(pm, i);
-		rocksdb_column_family_handle_t *cf = st->cf[o->cf];
-		if (o->kind == OP_PUT)
-			rocksdb_writebatch_put_cf(wb, cf, o->key, o->klen, o->val, o->vlen);
-		else if (o->kind == OP_DEL)
-			rocksdb_writebatch_delete_cf(wb, cf, o->key, o->klen);
-		else
-			rocksdb_writebatch_delete_range_cf(wb, cf, o->key, o->klen,
-							   o->val, o->vlen);
-	}
 	Merpati__Rec__LogRecord lr = MERPATI__REC__LOG_RECORD__INIT;
 	lr.shard = pm->shard;
-	lr.epoch = st->epoch;
+	lr.epoch = st->epoch[pm->shard];
 	lr.lsn = pm->lsn;
 	lr.request_id = (char *)(pm->request_id ? pm->request_id : "");
 	lr.n_ops = pm->ops.n;
@@ -574,14 +581,112 @@ static int batch_add(struct store *st, rocksdb_writebatch_t *wb, struct pm *pm)
 	if (lr.ops == NULL || log_record_op(pm, lr.ops) < 0)
 		return MP_ENOMEM;
 	size_t n = merpati__rec__log_record__get_packed_size(&lr);
-	uint8_t *buf = malloc(n ? n : 1);
+	uint8_t *buf = mp_arena_alloc(&pm->arena, n ? n : 1);
 	if (buf == NULL)
 		return MP_ENOMEM;
 	merpati__rec__log_record__pack(&lr, buf);
+	pm->rec = buf;
+	pm->rec_len = n;
+	pm->rec_epoch = lr.epoch;
+	return 0;
+}
+
+static void batch_ops(struct store *st, rocksdb_writebatch_t *wb, int cf_i, int kind,
+		      const char *k, size_t kl, const char *v, size_t vl)
+{
+	rocksdb_column_family_handle_t *cf = st->cf[cf_i];
+	if (kind == OP_PUT)
+		rocksdb_writebatch_put_cf(wb, cf, k, kl, v, vl);
+	else if (kind == OP_DEL)
+		rocksdb_writebatch_delete_cf(wb, cf, k, kl);
+	else
+		rocksdb_writebatch_delete_range_cf(wb, cf, k, kl, v, vl);
+}
+
+static void batch_log(struct store *st, rocksdb_writebatch_t *wb, uint32_t shard,
+		      uint64_t lsn, const uint8_t *rec, size_t len)
+{
 	struct sk k;
-	sk_log(&k, pm->shard, st->epoch, pm->lsn);
-	rocksdb_writebatch_put_cf(wb, st->cf[CF_LOG], k.b, k.len, (char *)buf, n);
-	free(buf);
+	sk_log(&k, shard, lsn);
+	rocksdb_writebatch_put_cf(wb, st->cf[CF_LOG], k.b, k.len, (const char *)rec, len);
+}
+
+/* Append pm's operations and its log record to wb. */
+static void batch_add(struct store *st, rocksdb_writebatch_t *wb, struct pm *pm)
+{
+	for (size_t i = 0; i < pm->ops.n; i++) {
+		struct op *o = op_at(pm, i);
+		batch_ops(st, wb, o->cf, o->kind, o->key, o->klen, o->val, o->vlen);
+	}
+	batch_log(st, wb, pm->shard, pm->lsn, pm->rec, pm->rec_len);
+}
+
+/* Apply replicated records (a follower's pm) to wb: each record's ops and
+ * the record itself, in order. Records at or below the shard's lsn are
+ * duplicates of what we have and are skipped; a gap is refused. Checks
+ * everything before adding anything. */
+static int batch_apply(struct store *st, rocksdb_writebatch_t *wb, struct pm *pm)
+{
+	uint32_t shard = pm->shard;
+	uint64_t next = st->lsn[shard] + 1;
+	Merpati__Rec__LogRecord **lr = mp_arena_alloc(&pm->arena,
+						      (pm->n_recs + 1) * sizeof(*lr));
+	ProtobufCAllocator al;
+	if (lr == NULL)
+		return MP_ENOMEM;
+	if (pm->apply_epoch < st->epoch[shard]) {
+		pm->errmsg = pm_errf(pm, "fenced: epoch %llu is below the shard's %llu",
+				     (unsigned long long)pm->apply_epoch,
+				     (unsigned long long)st->epoch[shard]);
+		return MP_ESTATE;
+	}
+	pthread_mutex_lock(&st->role_mu);
+	int role = st->role[shard];
+	pthread_mutex_unlock(&st->role_mu);
+	if (role == STORE_ROLE_LEADER) {
+		pm->errmsg = "this node leads the shard";
+		return MP_ESTATE;
+	}
+	for (size_t i = 0; i < pm->n_recs; i++) {
+		lr[i] = merpati__rec__log_record__unpack(arena_allocator(&pm->arena, &al),
+							 pm->recs[i].len, pm->recs[i].data);
+		if (lr[i] == NULL || lr[i]->shard != shard || lr[i]->epoch > pm->apply_epoch) {
+			pm->errmsg = "malformed replicated record";
+			return MP_EINVAL;
+		}
+		if (lr[i]->lsn >= next && lr[i]->lsn != next) {
+			pm->errmsg = pm_errf(pm, "gap: record lsn %llu, expected %llu",
+					     (unsigned long long)lr[i]->lsn,
+					     (unsigned long long)next);
+			return MP_ESTALE;
+		}
+		if (lr[i]->lsn == next)
+			next++;
+		for (size_t j = 0; j < lr[i]->n_ops; j++) {
+			Merpati__Rec__Op *o = lr[i]->ops[j];
+			struct sk pre;
+			sk_shard(&pre, shard);
+			if (o->cf >= CF_COUNT || o->key.len < pre.len ||
+			    memcmp(o->key.data, pre.b, pre.len) != 0 || (o->range && !o->del)) {
+				pm->errmsg = "replicated op outside its shard";
+				return MP_EINVAL;
+			}
+		}
+	}
+	uint64_t at = st->lsn[shard];
+	for (size_t i = 0; i < pm->n_recs; i++) {
+		if (lr[i]->lsn <= at)
+			continue;
+		for (size_t j = 0; j < lr[i]->n_ops; j++) {
+			Merpati__Rec__Op *o = lr[i]->ops[j];
+			int kind = !o->del ? OP_PUT : o->range ? OP_RANGE : OP_DEL;
+			batch_ops(st, wb, (int)o->cf, kind, (const char *)o->key.data, o->key.len,
+				  (const char *)o->value.data, o->value.len);
+		}
+		batch_log(st, wb, shard, lr[i]->lsn, pm->recs[i].data, pm->recs[i].len);
+		at = lr[i]->lsn;
+	}
+	pm->lsn = at;
 	return 0;
 }
 
@@ -590,24 +695,92 @@ static void batch_applied(struct store *st, rocksdb_writebatch_t *wb, uint32_t s
 	struct sk k;
 	char v[16];
 	sk_applied(&k, shard);
-	mp_be64_put(v, st->epoch);
+	mp_be64_put(v, st->epoch[shard]);
 	mp_be64_put(v + 8, st->lsn[shard]);
 	rocksdb_writebatch_put_cf(wb, st->cf[CF_META], k.b, k.len, v, sizeof(v));
-	/* Keep the last log_retain records of the shard. The cluster issue
-	 * replaces this with "trimmed once every in-sync replica has it". */
+	/* Keep the last log_retain records of the shard. With replication
+	 * this should become "trimmed once every in-sync replica has it". */
 	if (st->o.log_retain > 0 && st->lsn[shard] > st->o.log_retain &&
-	    st->lsn[shard] % 256 == 0) {
+	    st->lsn[shard] - st->trimmed[shard] >= 256 + st->o.log_retain) {
 		struct sk from, to;
-		sk_log(&from, shard, 0, 0);
-		sk_log(&to, shard, st->epoch, st->lsn[shard] - st->o.log_retain);
+		sk_log(&from, shard, 0);
+		sk_log(&to, shard, st->lsn[shard] - st->o.log_retain);
 		rocksdb_writebatch_delete_range_cf(wb, st->cf[CF_LOG], from.b, from.len,
 						   to.b, to.len);
+		st->trimmed[shard] = st->lsn[shard] - st->o.log_retain;
 	}
+}
+
+static int role_check(struct store *st, uint32_t shard, const char **msg_r,
+		      struct mp_arena *a)
+{
+	pthread_mutex_lock(&st->role_mu);
+	bool cluster = st->cluster;
+	int role = st->role[shard];
+	char leader[STORE_NODE_ID_MAX + 1];
+	memcpy(leader, st->leader[shard], sizeof(leader));
+	pthread_mutex_unlock(&st->role_mu);
+	if (!cluster || role == STORE_ROLE_LEADER)
+		return 0;
+	*msg_r = arena_errf(a, "shard %u is led by %s", shard, leader[0] ? leader : "(unknown)");
+	return MP_ENOTLEADER;
+}
+
+/* Replicate the group's records before the local write. Records are
+ * handed over sorted by (shard, lsn); a shard's records share a result. */
+static void replicate_group(struct store *st, struct pm **group, size_t n)
+{
+	struct store_rec *recs = calloc(n + 1, sizeof(*recs));
+	int *res = calloc(n + 1, sizeof(*res));
+	struct pm **sorted = calloc(n + 1, sizeof(*sorted));
+	size_t m = 0;
+	if (recs == NULL || res == NULL || sorted == NULL) {
+		for (size_t i = 0; i < n; i++)
+			if (group[i]->err == 0 && !group[i]->apply) {
+				group[i]->err = MP_ENOMEM;
+				group[i]->errmsg = "out of memory";
+			}
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (group[i]->err == 0 && !group[i]->apply)
+			sorted[m++] = group[i];
+	/* insertion sort by (shard, lsn): groups are small */
+	for (size_t i = 1; i < m; i++)
+		for (size_t j = i; j > 0 && (sorted[j - 1]->shard > sorted[j]->shard ||
+					     (sorted[j - 1]->shard == sorted[j]->shard &&
+					      sorted[j - 1]->lsn > sorted[j]->lsn)); j--) {
+			struct pm *t = sorted[j];
+			sorted[j] = sorted[j - 1];
+			sorted[j - 1] = t;
+		}
+	for (size_t i = 0; i < m; i++)
+		recs[i] = (struct store_rec){ sorted[i]->shard, sorted[i]->rec_epoch,
+					      sorted[i]->lsn, sorted[i]->rec, sorted[i]->rec_len };
+	if (m > 0)
+		st->replicate(st->replicate_arg, recs, m, res);
+	for (size_t i = 0; i < m; i++) {
+		struct pm *pm = sorted[i];
+		if (res[i] == STORE_REPL_FENCED) {
+			pm->err = MP_ENOTLEADER;
+			pm->errmsg = pm_errf(pm, "shard %u: this node is no longer its leader", pm->shard);
+			pm->skip_write = true;
+		} else if (res[i] == STORE_REPL_UNDER_MIN) {
+			/* Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: the in-sync
+			 * members that remain have it, so it is written here
+			 * too, but not acknowledged as safe. */
+			pm->err_after_write = MP_EUNAVAIL;
+		}
+	}
+out:
+	free(recs);
+	free(res);
+	free(sorted);
 }
 
 static void run_group(struct store *st, struct pm **group, size_t n)
 {
-	uint64_t *saved = NULL;
+	uint64_t *saved = NULL, *saved_epoch = NULL;
 	bool *touched = NULL;
 	rocksdb_writebatch_t *wb = NULL;
 	size_t ok = 0;
@@ -615,13 +788,22 @@ static void run_group(struct store *st, struct pm **group, size_t n)
 
 	ovl_reset(&st->ovl);
 	saved = malloc(st->o.shards * sizeof(*saved));
+	saved_epoch = malloc(st->o.shards * sizeof(*saved_epoch));
 	touched = calloc(st->o.shards, sizeof(*touched));
-	if (saved == NULL || touched == NULL) {
+	if (saved == NULL || touched == NULL || saved_epoch == NULL) {
 		fail = MP_ENOMEM;
 		goto out;
 	}
+	/* Adopt epochs the shard map gave since the last group. */
+	pthread_mutex_lock(&st->role_mu);
+	for (uint32_t s = 0; s < st->o.shards; s++)
+		if (st->role_epoch[s] > st->epoch[s])
+			st->epoch[s] = st->role_epoch[s];
+	pthread_mutex_unlock(&st->role_mu);
 	memcpy(saved, st->lsn, st->o.shards * sizeof(*saved));
+	memcpy(saved_epoch, st->epoch, st->o.shards * sizeof(*saved_epoch));
 
+	wb = rocksdb_writebatch_create();
 	for (size_t i = 0; i < n; i++) {
 		struct pm *pm = group[i];
 		struct rd r = { st, &pm->arena, st->ro_latest, NULL, pm };
@@ -630,6 +812,19 @@ static void run_group(struct store *st, struct pm **group, size_t n)
 			pm->errmsg = "the store refuses writes after a failed write; restart the node";
 			continue;
 		}
+		if (pm->apply) {
+			pm->err = batch_apply(st, wb, pm);
+			if (pm->err == 0) {
+				if (pm->apply_epoch > st->epoch[pm->shard])
+					st->epoch[pm->shard] = pm->apply_epoch;
+				st->lsn[pm->shard] = pm->lsn;
+				touched[pm->shard] = true;
+				ok++;
+			}
+			continue;
+		}
+		if ((pm->err = role_check(st, pm->shard, &pm->errmsg, &pm->arena)) < 0)
+			continue;
 		pm->err = ops_mutate(&r, pm->op, pm->req, &pm->reply, &pm->errmsg);
 		if (pm->err < 0) {
 			ovl_rollback(st, pm);
@@ -638,20 +833,38 @@ static void run_group(struct store *st, struct pm **group, size_t n)
 			continue;
 		}
 		pm->lsn = ++st->lsn[pm->shard];
+		if ((pm->err = pack_record(st, pm)) < 0) {
+			/* lsn stays used: later mutations got higher ones */
+			fail = pm->err;
+			goto out;
+		}
 		touched[pm->shard] = true;
 		ok++;
 	}
 	if (ok == 0)
 		goto out;
+	if (st->replicate != NULL)
+		replicate_group(st, group, n);
 
-	wb = rocksdb_writebatch_create();
-	for (size_t i = 0; i < n && fail == 0; i++)
-		if (group[i]->err == 0)
-			fail = batch_add(st, wb, group[i]);
+	/* Mutations that replication fenced are not written; the lsns they
+	 * used are taken back only if nothing after them in the shard is
+	 * written (the shard's leadership is gone anyway). */
+	ok = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct pm *pm = group[i];
+		if (pm->err == 0 && !pm->apply && !pm->skip_write) {
+			batch_add(st, wb, pm);
+			ok++;
+		} else if (pm->err == 0 && pm->apply) {
+			ok++;
+		} else if (pm->skip_write && st->lsn[pm->shard] >= pm->lsn) {
+			st->lsn[pm->shard] = pm->lsn - 1;
+		}
+	}
 	for (uint32_t s = 0; s < st->o.shards && fail == 0; s++)
 		if (touched[s])
 			batch_applied(st, wb, s);
-	if (fail == 0) {
+	if (ok > 0 && fail == 0) {
 		char *err = NULL;
 		pthread_mutex_lock(&st->mu);
 		bool inject = st->fail_writes > 0;
@@ -676,8 +889,10 @@ static void run_group(struct store *st, struct pm **group, size_t n)
 	}
 out:
 	if (fail < 0) {
-		if (saved != NULL)
+		if (saved != NULL) {
 			memcpy(st->lsn, saved, st->o.shards * sizeof(*saved));
+			memcpy(st->epoch, saved_epoch, st->o.shards * sizeof(*saved_epoch));
+		}
 		for (size_t i = 0; i < n; i++) {
 			if (group[i]->err == 0) {
 				group[i]->err = fail;
@@ -698,6 +913,10 @@ out:
 
 	for (size_t i = 0; i < n; i++) {
 		struct pm *pm = group[i];
+		if (pm->err == 0 && pm->err_after_write < 0) {
+			pm->err = pm->err_after_write;
+			pm->errmsg = "written, but fewer than min_isr replicas have it";
+		}
 		if (pm->err == 0 && st->notify != NULL)
 			for (size_t e = 0; e < pm->nev; e++)
 				st->notify(pm->ev[e].user, pm->ev[e].kind, pm->ev[e].mbid,
@@ -705,6 +924,7 @@ out:
 		pm_finish(pm);
 	}
 	free(saved);
+	free(saved_epoch);
 	free(touched);
 }
 
@@ -773,6 +993,30 @@ int store_call(struct store *st, enum store_op op, const ProtobufCMessage *req,
 	if ((unsigned)op >= STORE_OP_COUNT)
 		return MP_EINVAL;
 
+	pthread_mutex_lock(&st->role_mu);
+	bool cluster = st->cluster;
+	pthread_mutex_unlock(&st->role_mu);
+	/* In a cluster only the shard's leader answers; listing accounts
+	 * answers for the shards this node leads. Domains live on shard 0. */
+	if (cluster && op != STORE_NODE_INFO && op != STORE_LIST_ACCOUNTS) {
+		struct mp_arena ca;
+		const char *msg = NULL;
+		char **keys;
+		size_t nkeys;
+		uint32_t shard = 0;
+		int err = 0;
+		mp_arena_init(&ca);
+		if (op != STORE_GET_DOMAIN && op != STORE_LIST_DOMAINS)
+			err = ops_prepare(st, op, req, &ca, &keys, &nkeys, &shard, &msg);
+		if (err == 0)
+			err = role_check(st, shard, &msg, &ca);
+		if (err < 0) {
+			cb(err, msg, NULL, arg);
+			mp_arena_free(&ca);
+			return 0;
+		}
+		mp_arena_free(&ca);
+	}
 	if (!ops_is_mutation(op, req)) {
 		struct mp_arena a;
 		ProtobufCMessage *reply = NULL;
@@ -866,6 +1110,7 @@ static int load_lsns(struct store *st, char **error_r)
 		}
 		if (v == NULL) {
 			st->lsn[s] = 0;
+			st->epoch[s] = 1;
 			continue;
 		}
 		if (len != 16) {
@@ -874,10 +1119,9 @@ static int load_lsns(struct store *st, char **error_r)
 				*error_r = NULL;
 			return MP_EIO;
 		}
-		uint64_t epoch = mp_be64_get(v);
+		st->epoch[s] = mp_be64_get(v);
 		st->lsn[s] = mp_be64_get(v + 8);
-		if (epoch > st->epoch)
-			st->epoch = epoch;
+		st->trimmed[s] = st->lsn[s] > st->o.log_retain ? st->lsn[s] - st->o.log_retain : 0;
 		rocksdb_free(v);
 	}
 	return 0;
@@ -946,14 +1190,21 @@ int store_open(const struct store_opts *opts, struct store **st_r, char **error_
 	st->data_dir = strdup(opts->data_dir);
 	st->node_id = strdup(opts->node_id ? opts->node_id : "node");
 	st->lsn = calloc(st->o.shards, sizeof(*st->lsn));
-	if (st->data_dir == NULL || st->node_id == NULL || st->lsn == NULL) {
+	st->epoch = calloc(st->o.shards, sizeof(*st->epoch));
+	st->trimmed = calloc(st->o.shards, sizeof(*st->trimmed));
+	st->role = calloc(st->o.shards, sizeof(*st->role));
+	st->role_epoch = calloc(st->o.shards, sizeof(*st->role_epoch));
+	st->leader = calloc(st->o.shards, sizeof(*st->leader));
+	if (st->data_dir == NULL || st->node_id == NULL || st->lsn == NULL ||
+	    st->epoch == NULL || st->trimmed == NULL || st->role == NULL || st->leader == NULL ||
+	    st->role_epoch == NULL) {
 		ret = MP_ENOMEM;
 		goto fail;
 	}
 	st->o.data_dir = st->data_dir;
 	st->o.node_id = st->node_id;
-	st->epoch = 1;
 	pthread_mutex_init(&st->mu, NULL);
+	pthread_mutex_init(&st->role_mu, NULL);
 	pthread_cond_init(&st->cv, NULL);
 
 	if (mkdir_p(st->data_dir) < 0) {
@@ -1034,9 +1285,8 @@ int store_open(const struct store_opts *opts, struct store **st_r, char **error_
 	uint64_t total = 0;
 	for (uint32_t s = 0; s < st->o.shards; s++)
 		total += st->lsn[s];
-	mp_log_info("store_open", "path=%s shards=%u epoch=%llu lsn_total=%llu",
-		    st->data_dir, st->o.shards, (unsigned long long)st->epoch,
-		    (unsigned long long)total);
+	mp_log_info("store_open", "path=%s shards=%u lsn_total=%llu", st->data_dir,
+		    st->o.shards, (unsigned long long)total);
 	*st_r = st;
 	return 0;
 fail:
@@ -1077,9 +1327,15 @@ void store_close(struct store **stp)
 		rocksdb_readoptions_destroy(st->ro_latest);
 	free(st->ovl.e);
 	free(st->lsn);
+	free(st->epoch);
+	free(st->trimmed);
+	free(st->role);
+	free(st->role_epoch);
+	free(st->leader);
 	free(st->data_dir);
 	free(st->node_id);
 	pthread_mutex_destroy(&st->mu);
+	pthread_mutex_destroy(&st->role_mu);
 	pthread_cond_destroy(&st->cv);
 	free(st);
 }
@@ -1137,3 +1393,191 @@ int64_t store_debug_refcount(struct store *st, uint32_t shard, const uint8_t sha
 	return ret;
 }
 
+
+/* ------------------------------------------------------------ cluster */
+
+void store_set_cluster(struct store *st, bool on)
+{
+	pthread_mutex_lock(&st->role_mu);
+	st->cluster = on;
+	pthread_mutex_unlock(&st->role_mu);
+}
+
+void store_set_role(struct store *st, uint32_t shard, enum store_role role,
+		    uint64_t epoch, const char *leader_id)
+{
+	if (shard >= st->o.shards)
+		return;
+	pthread_mutex_lock(&st->role_mu);
+	st->role[shard] = (uint8_t)role;
+	if (epoch > st->role_epoch[shard])
+		st->role_epoch[shard] = epoch;
+	snprintf(st->leader[shard], sizeof(st->leader[shard]), "%s",
+		 leader_id ? leader_id : "");
+	pthread_mutex_unlock(&st->role_mu);
+}
+
+void store_get_pos(struct store *st, uint32_t shard, enum store_role *role_r,
+		   uint64_t *epoch_r, uint64_t *lsn_r)
+{
+	struct sk k;
+	char *err = NULL;
+	size_t len = 0;
+	*epoch_r = 0;
+	*lsn_r = 0;
+	pthread_mutex_lock(&st->role_mu);
+	*role_r = st->role[shard];
+	uint64_t re = st->role_epoch[shard];
+	pthread_mutex_unlock(&st->role_mu);
+	/* From disk: the commit thread's counters may be ahead of what is
+	 * durable while a group is being written. */
+	sk_applied(&k, shard);
+	char *v = rocksdb_get_cf(st->db, st->ro_latest, st->cf[CF_META], k.b, k.len, &len, &err);
+	if (err != NULL) {
+		rocksdb_free(err);
+	} else if (v != NULL && len == 16) {
+		*epoch_r = mp_be64_get(v);
+		*lsn_r = mp_be64_get(v + 8);
+	}
+	rocksdb_free(v);
+	if (re > *epoch_r)
+		*epoch_r = re;
+}
+
+void store_set_replicator(struct store *st, store_replicate_fn fn, void *arg)
+{
+	st->replicate = fn;
+	st->replicate_arg = arg;
+}
+
+int store_apply(struct store *st, uint32_t shard, uint64_t epoch,
+		const ProtobufCBinaryData *recs, size_t n, store_apply_cb cb, void *arg)
+{
+	if (shard >= st->o.shards || n == 0)
+		return MP_EINVAL;
+	struct pm *pm = calloc(1, sizeof(*pm));
+	if (pm == NULL)
+		return MP_ENOMEM;
+	mp_arena_init(&pm->arena);
+	pm->st = st;
+	pm->apply = true;
+	pm->shard = shard;
+	pm->apply_epoch = epoch;
+	pm->recs = recs;
+	pm->n_recs = n;
+	pm->apply_cb = cb;
+	pm->arg = arg;
+	pthread_mutex_lock(&st->mu);
+	if (st->closing || st->q_len >= st->o.max_pending) {
+		pthread_mutex_unlock(&st->mu);
+		pm_free(pm);
+		return MP_EUNAVAIL;
+	}
+	if (st->q_tail)
+		st->q_tail->next = pm;
+	else
+		st->q_head = pm;
+	st->q_tail = pm;
+	st->q_len++;
+	pthread_cond_signal(&st->cv);
+	pthread_mutex_unlock(&st->mu);
+	return 0;
+}
+
+void store_log_free(struct store_log *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->recs[i].data);
+	free(l->recs);
+	l->recs = NULL;
+	l->n = 0;
+}
+
+int store_read_log(struct store *st, uint32_t shard, uint64_t from_lsn,
+		   size_t max_bytes, struct store_log *out)
+{
+	struct sk from, pre;
+	struct it it;
+	struct mp_arena a;
+	struct rd r;
+	size_t bytes = 0, cap = 0;
+	int ret = 0;
+
+	out->recs = NULL;
+	out->n = 0;
+	mp_arena_init(&a);
+	r = (struct rd){ st, &a, st->ro_latest, NULL, NULL };
+	sk_shard(&pre, shard);
+	sk_log(&from, shard, from_lsn);
+	struct sk up;
+	sk_upper(&up, &pre);
+	it_open(&r, CF_LOG, &from, &up, &it);
+	uint64_t expect = from_lsn;
+	for (; it_valid(&it) && (out->n == 0 || bytes < max_bytes); it_next(&it)) {
+		size_t kl, vl;
+		const char *k = it_key(&it, &kl);
+		const char *v = it_val(&it, &vl);
+		if (kl != pre.len + 8) {
+			ret = MP_EIO;
+			break;
+		}
+		uint64_t lsn = mp_be64_get(k + pre.len);
+		if (lsn != expect) {
+			ret = out->n == 0 ? MP_ESTALE : 0;
+			break;
+		}
+		if (out->n == cap) {
+			size_t nc = cap ? cap * 2 : 16;
+			ProtobufCBinaryData *nr = realloc(out->recs, nc * sizeof(*nr));
+			if (nr == NULL) {
+				ret = MP_ENOMEM;
+				break;
+			}
+			out->recs = nr;
+			cap = nc;
+		}
+		uint8_t *c = malloc(vl ? vl : 1);
+		if (c == NULL) {
+			ret = MP_ENOMEM;
+			break;
+		}
+		memcpy(c, v, vl);
+		out->recs[out->n].data = c;
+		out->recs[out->n].len = vl;
+		out->n++;
+		bytes += vl;
+		expect++;
+	}
+	int cr = it_close(&it);
+	if (ret == 0)
+		ret = cr;
+	if (ret == 0 && out->n == 0)
+		ret = MP_ESTALE;
+	if (ret < 0)
+		store_log_free(out);
+	mp_arena_free(&a);
+	return ret;
+}
+
+int store_log_epoch(struct store *st, uint32_t shard, uint64_t lsn, uint64_t *epoch_r)
+{
+	struct sk k;
+	char *err = NULL;
+	size_t len = 0;
+	sk_log(&k, shard, lsn);
+	char *v = rocksdb_get_cf(st->db, st->ro_latest, st->cf[CF_LOG], k.b, k.len, &len, &err);
+	if (err != NULL) {
+		rocksdb_free(err);
+		return MP_EIO;
+	}
+	if (v == NULL)
+		return MP_ENOENT;
+	Merpati__Rec__LogRecord *lr =
+		merpati__rec__log_record__unpack(NULL, len, (const uint8_t *)v);
+	rocksdb_free(v);
+	if (lr == NULL)
+		return MP_EIO;
+	*epoch_r = lr->epoch;
+	merpati__rec__log_record__free_unpacked(lr, NULL);
+	return 0;
+}

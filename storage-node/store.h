@@ -23,6 +23,7 @@
 #ifndef STORE_H
 #define STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <protobuf-c/protobuf-c.h>
@@ -92,5 +93,68 @@ void store_debug_fail_writes(struct store *st, int n);
 int64_t store_debug_refcount(struct store *st, uint32_t shard,
 			     const uint8_t sha[32]);
 uint32_t store_shard_count(const struct store *st);
+
+/* ------------------------------------------------------------ cluster
+ * Used by replication/: roles, the replication hook on the leader's write
+ * path, applying replicated records on a follower, reading the log. */
+
+#define STORE_NODE_ID_MAX 63
+
+enum store_role { STORE_ROLE_NONE = 0, STORE_ROLE_FOLLOWER = 1, STORE_ROLE_LEADER = 2 };
+
+/* In cluster mode a shard serves MailStore calls only while this node
+ * leads it (MP_ENOTLEADER otherwise, naming the leader). Off: one node
+ * holds and leads every shard. */
+void store_set_cluster(struct store *st, bool on);
+/* The shard's role and epoch as the shard map says; epochs only grow. */
+void store_set_role(struct store *st, uint32_t shard, enum store_role role,
+		    uint64_t epoch, const char *leader_id);
+/* Where a shard is: role, epoch, last applied lsn (committed to disk). */
+void store_get_pos(struct store *st, uint32_t shard, enum store_role *role_r,
+		   uint64_t *epoch_r, uint64_t *lsn_r);
+
+/* A record of the leader's current group, packed merpati.rec.LogRecord. */
+struct store_rec {
+	uint32_t shard;
+	uint64_t epoch;
+	uint64_t lsn;
+	const uint8_t *data;
+	size_t len;
+};
+enum store_repl_result {
+	STORE_REPL_OK = 0,        /* every in-sync member persisted it */
+	STORE_REPL_FENCED = 1,    /* this node is not the leader any more: do not write */
+	STORE_REPL_UNDER_MIN = 2, /* persisted by fewer than min_isr: write, answer an error */
+};
+/* Called on the commit thread with the group's records sorted by (shard,
+ * lsn), before the local write; blocks until it can fill result[i] (an enum
+ * store_repl_result) for every record. Records of one shard share a result. */
+typedef void (*store_replicate_fn)(void *arg, const struct store_rec *recs, size_t n,
+				   int *result);
+void store_set_replicator(struct store *st, store_replicate_fn fn, void *arg);
+
+/* Follower: apply packed LogRecords of one shard, in lsn order, through the
+ * commit queue (group commit). cb runs after the write is durable with the
+ * shard's epoch and last lsn. Errors: MP_ESTATE fenced (epoch below the
+ * shard's, or this node leads it), MP_ESTALE a gap (last_lsn says where the
+ * shard is), MP_EINVAL a malformed record. Records at or below the last lsn
+ * are skipped as duplicates. recs are borrowed until cb has run. */
+typedef void (*store_apply_cb)(int err, const char *errmsg, uint64_t epoch,
+			       uint64_t last_lsn, void *arg);
+int store_apply(struct store *st, uint32_t shard, uint64_t epoch,
+		const ProtobufCBinaryData *recs, size_t n, store_apply_cb cb, void *arg);
+
+/* Leader: packed records of a shard from from_lsn on, at most max_bytes
+ * (at least one record). Each record malloc'd; free with store_log_free.
+ * MP_ESTALE when from_lsn is no longer in the log (trimmed). */
+struct store_log {
+	ProtobufCBinaryData *recs;
+	size_t n;
+};
+int store_read_log(struct store *st, uint32_t shard, uint64_t from_lsn,
+		   size_t max_bytes, struct store_log *out);
+void store_log_free(struct store_log *l);
+/* The epoch of the record at lsn; MP_ENOENT when the log does not hold it. */
+int store_log_epoch(struct store *st, uint32_t shard, uint64_t lsn, uint64_t *epoch_r);
 
 #endif

@@ -94,8 +94,16 @@ struct store {
 	struct store_opts o;
 	char *data_dir;   /* owned */
 	char *node_id;    /* owned */
-	uint64_t epoch;
-	uint64_t *lsn;    /* owned, per shard: last lsn written */
+	uint64_t *epoch;  /* owned, per shard: current epoch (commit thread) */
+	uint64_t *lsn;    /* owned, per shard: last lsn written (commit thread) */
+	uint64_t *trimmed;/* owned, per shard: log trimmed below this lsn */
+	bool cluster;     /* only led shards serve the API */
+	pthread_mutex_t role_mu;
+	uint8_t *role;    /* owned, per shard: enum store_role (role_mu) */
+	uint64_t *role_epoch; /* owned, per shard: epoch of the role (role_mu) */
+	char (*leader)[STORE_NODE_ID_MAX + 1]; /* owned, per shard (role_mu) */
+	store_replicate_fn replicate;
+	void *replicate_arg;
 
 	pthread_t thread;
 	bool thread_started;

@@ -142,10 +142,9 @@ void sk_domain(struct sk *k, const char *domain)
 	sk_str(k, domain);
 }
 
-void sk_log(struct sk *k, uint32_t shard, uint64_t epoch, uint64_t lsn)
+void sk_log(struct sk *k, uint32_t shard, uint64_t lsn)
 {
 	sk_shard(k, shard);
-	sk_be64(k, epoch);
 	sk_be64(k, lsn);
 }
 

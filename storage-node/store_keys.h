@@ -14,7 +14,11 @@
  *   meta s{shard}/V                                 last uidvalidity given, be32
  *   meta s0000/d/{domain}                           DomainRec
  *   blob s{shard}/b/{sha256}                        body
- *   log  s{shard}/{epoch be64}{lsn be64}            LogRecord
+ *   log  s{shard}/{lsn be64}                        LogRecord (epoch inside)
+ *
+ * The log key holds only the lsn (DESIGN.md says {epoch}/{lsn}): lsn alone
+ * orders a shard's log, and a leader must find the record at any lsn to
+ * compare its epoch with a follower's (divergence check).
  *
  * The reference count lives in meta beside the body rather than inside the
  * blob value (DESIGN.md says "body + reference count"): changing a count
@@ -55,7 +59,7 @@ void sk_blob(struct sk *k, uint32_t shard, const uint8_t sha[32]);
 void sk_applied(struct sk *k, uint32_t shard);
 void sk_domain(struct sk *k, const char *domain);
 void sk_domain_prefix(struct sk *k);
-void sk_log(struct sk *k, uint32_t shard, uint64_t epoch, uint64_t lsn);
+void sk_log(struct sk *k, uint32_t shard, uint64_t lsn);
 void sk_shard(struct sk *k, uint32_t shard);  /* "s0001/" */
 
 /* The first key after every key that starts with prefix (for upper bounds

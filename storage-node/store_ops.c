@@ -1097,6 +1097,12 @@ static int r_list_accounts(struct rd *r, const Merpati__V1__ListAccountsRequest 
 	for (uint32_t s = first; s < r->st->o.shards && ret == 0 && !rep->more; s++) {
 		struct sk pre, from, up;
 		struct it it;
+		enum store_role role;
+		pthread_mutex_lock(&r->st->role_mu);
+		role = r->st->cluster ? r->st->role[s] : STORE_ROLE_LEADER;
+		pthread_mutex_unlock(&r->st->role_mu);
+		if (role != STORE_ROLE_LEADER)
+			continue;
 		sk_prefix(&pre, s, 'u');
 		sk_upper(&up, &pre);
 		from = pre;
@@ -2170,7 +2176,6 @@ static int r_node_info(struct rd *r, ProtobufCMessage **rep_r)
 	rep->shard_count = st->o.shards;
 	rep->group_commits = stats.groups;
 	rep->mutations = stats.mutations;
-	rep->epoch = (uint32_t)st->epoch;
 	rep->shard_lsn = mp_arena_alloc(r->arena, st->o.shards * sizeof(uint64_t));
 	if (rep->shard_lsn == NULL)
 		return MP_ENOMEM;
@@ -2181,8 +2186,11 @@ static int r_node_info(struct rd *r, ProtobufCMessage **rep_r)
 		size_t len;
 		sk_applied(&k, s);
 		int ret = rd_get(r, CF_META, &k, &v, &len);
-		if (ret == 0 && len == 16)
+		if (ret == 0 && len == 16) {
 			rep->shard_lsn[s] = mp_be64_get(v + 8);
+			if (mp_be64_get(v) > rep->epoch)
+				rep->epoch = (uint32_t)mp_be64_get(v);
+		}
 		else if (ret != MP_ENOENT && ret != 0)
 			return ret;
 	}

@@ -684,6 +684,180 @@ static void test_concurrent_writers(void **state)
 	assert_true(stats.groups <= stats.mutations);
 }
 
+/* ---------------------------------------------------------- cluster */
+
+static char dir2[256];
+static struct store *follower;
+
+struct apply_wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int done, err;
+	uint64_t epoch, lsn;
+};
+
+static void apply_cb(int err, const char *msg, uint64_t epoch, uint64_t lsn, void *arg)
+{
+	struct apply_wait *w = arg;
+	(void)msg;
+	pthread_mutex_lock(&w->mu);
+	w->err = err;
+	w->epoch = epoch;
+	w->lsn = lsn;
+	w->done = 1;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+static int apply_sync(struct store *st, uint32_t shard, uint64_t epoch,
+		      const ProtobufCBinaryData *recs, size_t n, uint64_t *lsn_r)
+{
+	struct apply_wait w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0 };
+	int r = store_apply(st, shard, epoch, recs, n, apply_cb, &w);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&w.mu);
+	while (!w.done)
+		pthread_cond_wait(&w.cv, &w.mu);
+	pthread_mutex_unlock(&w.mu);
+	if (lsn_r)
+		*lsn_r = w.lsn;
+	return w.err;
+}
+
+static int repl_calls;
+static int repl_result = STORE_REPL_OK;
+
+/* The leader's hook: ship each shard's records to the follower store. */
+static void replicate_to_follower(void *arg, const struct store_rec *recs, size_t n, int *res)
+{
+	(void)arg;
+	repl_calls++;
+	for (size_t i = 0; i < n;) {
+		size_t j = i;
+		ProtobufCBinaryData b[64];
+		size_t m = 0;
+		while (j < n && recs[j].shard == recs[i].shard && m < 64) {
+			b[m].data = (uint8_t *)recs[j].data;
+			b[m].len = recs[j].len;
+			m++, j++;
+		}
+		int r = apply_sync(follower, recs[i].shard, recs[i].epoch, b, m, NULL);
+		for (size_t k = i; k < j; k++)
+			res[k] = r == 0 ? repl_result : STORE_REPL_FENCED;
+		i = j;
+	}
+}
+
+static struct store *open_dir(const char *d)
+{
+	struct store_opts o = { .data_dir = d, .node_id = "t", .shards = 1,
+				.max_message_size = 1 << 20, .log_retain = 1000,
+				.max_pending = 1000 };
+	struct store *st = NULL;
+	char *err = NULL;
+	assert_int_equal(store_open(&o, &st, &err), 0);
+	free(err);
+	return st;
+}
+
+static void test_cluster_replication(void **state)
+{
+	struct store *st = *state;
+	snprintf(dir2, sizeof(dir2), "/tmp/merpati-test-store2-XXXXXX");
+	assert_non_null(mkdtemp(dir2));
+	follower = open_dir(dir2);
+
+	/* cluster mode: a shard this node does not lead answers NOT_LEADER */
+	store_set_cluster(st, true);
+	store_set_role(st, 0, STORE_ROLE_FOLLOWER, 1, "other");
+	Merpati__V1__DomainRequest d = MERPATI__V1__DOMAIN_REQUEST__INIT;
+	d.name = "example.test";
+	assert_int_equal(call(st, STORE_CREATE_DOMAIN, &d, NULL, NULL), MP_ENOTLEADER);
+	assert_non_null(strstr(last_msg, "other"));
+	assert_int_equal(call(st, STORE_GET_DOMAIN, &d, NULL, NULL), MP_ENOTLEADER);
+
+	store_set_role(st, 0, STORE_ROLE_LEADER, 2, "me");
+	store_set_cluster(follower, true);
+	store_set_role(follower, 0, STORE_ROLE_FOLLOWER, 2, "me");
+	store_set_replicator(st, replicate_to_follower, NULL);
+	mk_domain(st, "example.test");
+	mk_user(st, "a@example.test");
+	uint32_t uid;
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(append(st, "a@example.test", "INBOX", "Subject: r\r\n\r\nx\r\n",
+					NULL, 0, &uid, NULL), 0);
+	assert_true(repl_calls >= 7);
+
+	enum store_role role;
+	uint64_t le, ll, fe, fl;
+	store_get_pos(st, 0, &role, &le, &ll);
+	assert_int_equal(role, STORE_ROLE_LEADER);
+	store_get_pos(follower, 0, &role, &fe, &fl);
+	assert_int_equal(role, STORE_ROLE_FOLLOWER);
+	assert_int_equal(ll, fl);
+	assert_int_equal(le, 2);
+	assert_int_equal(fe, 2);
+	uint64_t ep;
+	assert_int_equal(store_log_epoch(follower, 0, fl, &ep), 0);
+	assert_int_equal(ep, 2);
+
+	/* fencing: a batch from an older epoch changes nothing */
+	struct store_log log;
+	assert_int_equal(store_read_log(st, 0, 1, 1 << 20, &log), 0);
+	assert_int_equal(log.n, ll);
+	store_set_role(follower, 0, STORE_ROLE_FOLLOWER, 3, "new");
+	assert_int_equal(apply_sync(follower, 0, 2, log.recs, 1, NULL), MP_ESTATE);
+	/* duplicates are skipped, a gap is refused */
+	uint64_t at;
+	assert_int_equal(apply_sync(follower, 0, 3, log.recs, log.n, &at), 0);
+	assert_int_equal(at, ll);
+	store_log_free(&log);
+
+	/* a fenced leader writes nothing and answers NOT_LEADER */
+	repl_result = STORE_REPL_OK;
+	store_set_role(follower, 0, STORE_ROLE_FOLLOWER, 5, "newer");
+	assert_int_equal(append(st, "a@example.test", "INBOX", "Subject: f\r\n\r\nx\r\n",
+				NULL, 0, NULL, NULL), MP_ENOTLEADER);
+	store_get_pos(st, 0, &role, &le, &at);
+	assert_int_equal(at, ll);
+
+	/* a fresh replica catches up from the leader's log, then leads */
+	char dir3[256];
+	snprintf(dir3, sizeof(dir3), "/tmp/merpati-test-store3-XXXXXX");
+	assert_non_null(mkdtemp(dir3));
+	struct store *c = open_dir(dir3);
+	assert_int_equal(store_read_log(st, 0, 1, 100, &log), 0);
+	assert_true(log.n >= 1);
+	ProtobufCBinaryData *rest = log.recs + 1;
+	assert_int_equal(apply_sync(c, 0, 2, rest, log.n - 1 > 0 ? log.n - 1 : 1, NULL),
+			 log.n > 1 ? MP_ESTALE : MP_ESTALE); /* starts at lsn 2: a gap */
+	store_log_free(&log);
+	for (uint64_t from = 1; from <= ll;) {
+		assert_int_equal(store_read_log(st, 0, from, 100, &log), 0);
+		assert_int_equal(apply_sync(c, 0, 2, log.recs, log.n, &at), 0);
+		from += log.n;
+		store_log_free(&log);
+	}
+	assert_int_equal(at, ll);
+	assert_int_equal(store_read_log(st, 0, ll + 1, 100, &log), MP_ESTALE);
+	store_set_cluster(c, true);
+	store_set_role(c, 0, STORE_ROLE_LEADER, 6, "c");
+	Merpati__V1__StatusReply *s = status(c, "a@example.test", "INBOX");
+	assert_int_equal(s->messages, 5);
+	assert_int_equal(s->mailbox->uidnext, uid + 1);
+	FREE(s);
+	uint32_t u2;
+	assert_int_equal(append(c, "a@example.test", "INBOX", "Subject: c\r\n\r\nx\r\n",
+				NULL, 0, &u2, NULL), 0);
+	assert_int_equal(u2, uid + 1);
+	store_close(&c);
+	store_close(&follower);
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s' '%s'", dir2, dir3);
+	assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -695,6 +869,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_restart_and_faults, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidvalidity_never_repeats, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cluster_replication, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
