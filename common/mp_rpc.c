@@ -279,6 +279,7 @@ const char *mp_rpc_method_path(const ProtobufCServiceDescriptor *svc,
 struct srv_method {
 	const ProtobufCMethodDescriptor *desc; /* borrowed from the service */
 	mp_rpc_handler handler;
+	void *ctx;        /* borrowed: the service's context */
 	int server_streaming;
 	char *path;       /* owned: "/merpati.v1.MailStore/Append" */
 	void *registered; /* gRPC's handle; lives with the server */
@@ -896,7 +897,7 @@ static void srv_call_begin(struct srv_thread *thr, struct srv_method *method,
 	}
 	grpc_byte_buffer_destroy(payload);
 	call->req = req;
-	method->handler(call, req, srv->ctx);
+	method->handler(call, req, method->ctx);
 }
 
 static void srv_on_slot(struct srv_thread *thr, struct srv_slot *slot, int ok)
@@ -1158,6 +1159,21 @@ int mp_rpc_server_start(const ProtobufCServiceDescriptor *svc,
 			void *ctx, const struct mp_rpc_server_opts *opts,
 			struct mp_rpc_server **srv_r, char **error_r)
 {
+	struct mp_rpc_service one = { svc, methods, n, ctx };
+	if (svc == NULL) {
+		if (error_r != NULL)
+			*error_r = NULL;
+		*srv_r = NULL;
+		rpc_set_error(error_r, "missing service, methods or address");
+		return MP_EINVAL;
+	}
+	return mp_rpc_server_start_multi(&one, 1, opts, srv_r, error_r);
+}
+
+int mp_rpc_server_start_multi(const struct mp_rpc_service *svcs, size_t nsvcs,
+			      const struct mp_rpc_server_opts *opts,
+			      struct mp_rpc_server **srv_r, char **error_r)
+{
 	struct mp_rpc_server *srv;
 	grpc_server_credentials *creds;
 	grpc_arg args[3];
@@ -1168,14 +1184,19 @@ int mp_rpc_server_start(const ProtobufCServiceDescriptor *svc,
 	if (error_r != NULL)
 		*error_r = NULL;
 	*srv_r = NULL;
-	if (svc == NULL || (methods == NULL && n > 0) || opts == NULL ||
-	    opts->listen == NULL) {
+	if (svcs == NULL || nsvcs == 0 || opts == NULL || opts->listen == NULL) {
 		rpc_set_error(error_r, "missing service, methods or address");
 		return MP_EINVAL;
 	}
-	ret = srv_check_methods(svc, methods, n, error_r);
-	if (ret < 0)
-		return ret;
+	for (size_t v = 0; v < nsvcs; v++) {
+		if (svcs[v].svc == NULL || (svcs[v].methods == NULL && svcs[v].n > 0)) {
+			rpc_set_error(error_r, "missing service, methods or address");
+			return MP_EINVAL;
+		}
+		ret = srv_check_methods(svcs[v].svc, svcs[v].methods, svcs[v].n, error_r);
+		if (ret < 0)
+			return ret;
+	}
 
 	srv = calloc(1, sizeof(*srv));
 	if (srv == NULL)
@@ -1184,12 +1205,14 @@ int mp_rpc_server_start(const ProtobufCServiceDescriptor *svc,
 	pthread_cond_init(&srv->cond, NULL);
 	atomic_init(&srv->stopping, false);
 	srv->shutdown_tag.kind = TAG_SHUTDOWN;
-	srv->ctx = ctx;
+	srv->ctx = svcs[0].ctx;
 	srv->n_threads = opts->threads > 0 ? opts->threads : RPC_DEFAULT_THREADS;
 	srv->slots = opts->slots > 0 ? opts->slots : RPC_DEFAULT_SLOTS;
 	max_msg = opts->max_msg > 0 ? opts->max_msg : MP_RPC_DEFAULT_MAX_MSG;
 
-	srv->n_methods = svc->n_methods;
+	srv->n_methods = 0;
+	for (size_t v = 0; v < nsvcs; v++)
+		srv->n_methods += svcs[v].svc->n_methods;
 	srv->methods = calloc(srv->n_methods > 0 ? srv->n_methods : 1,
 			      sizeof(*srv->methods));
 	srv->threads = calloc((size_t)srv->n_threads, sizeof(*srv->threads));
@@ -1197,19 +1220,24 @@ int mp_rpc_server_start(const ProtobufCServiceDescriptor *svc,
 		srv_free(srv);
 		return MP_ENOMEM;
 	}
-	for (size_t i = 0; i < srv->n_methods; i++) {
-		struct srv_method *m = &srv->methods[i];
+	size_t mk = 0;
+	for (size_t v = 0; v < nsvcs; v++) {
+		const ProtobufCServiceDescriptor *svc = svcs[v].svc;
+		for (unsigned mi = 0; mi < svc->n_methods; mi++, mk++) {
+			struct srv_method *m = &srv->methods[mk];
 
-		m->desc = &svc->methods[i];
-		for (size_t j = 0; j < n; j++)
-			if (strcmp(methods[j].name, m->desc->name) == 0) {
-				m->handler = methods[j].handler;
-				m->server_streaming = methods[j].server_streaming;
+			m->desc = &svc->methods[mi];
+			m->ctx = svcs[v].ctx;
+			for (size_t j = 0; j < svcs[v].n; j++)
+				if (strcmp(svcs[v].methods[j].name, m->desc->name) == 0) {
+					m->handler = svcs[v].methods[j].handler;
+					m->server_streaming = svcs[v].methods[j].server_streaming;
+				}
+			if (asprintf(&m->path, "/%s/%s", svc->name, m->desc->name) < 0) {
+				m->path = NULL;
+				srv_free(srv);
+				return MP_ENOMEM;
 			}
-		if (asprintf(&m->path, "/%s/%s", svc->name, m->desc->name) < 0) {
-			m->path = NULL;
-			srv_free(srv);
-			return MP_ENOMEM;
 		}
 	}
 
@@ -1295,8 +1323,8 @@ int mp_rpc_server_start(const ProtobufCServiceDescriptor *svc,
 			}
 		}
 	}
-	mp_log_info("rpc_server_started", "service=%s port=%d threads=%d",
-		    svc->name, srv->port, srv->n_threads);
+	mp_log_info("rpc_server_started", "service=%s services=%zu port=%d threads=%d",
+		    svcs[0].svc->name, nsvcs, srv->port, srv->n_threads);
 	*srv_r = srv;
 	return 0;
 

@@ -63,6 +63,16 @@ int mp_rpc_server_start(const ProtobufCServiceDescriptor *svc,
 			const struct mp_rpc_method *methods, size_t n,
 			void *ctx, const struct mp_rpc_server_opts *opts,
 			struct mp_rpc_server **srv_r, char **error_r);
+/* Several services on one port, each with its own handler context. */
+struct mp_rpc_service {
+	const ProtobufCServiceDescriptor *svc;
+	const struct mp_rpc_method *methods;
+	size_t n;
+	void *ctx;
+};
+int mp_rpc_server_start_multi(const struct mp_rpc_service *svcs, size_t nsvcs,
+			      const struct mp_rpc_server_opts *opts,
+			      struct mp_rpc_server **srv_r, char **error_r);
 int mp_rpc_server_port(const struct mp_rpc_server *srv);
 /* Stops accepting, cancels live calls, waits for the threads, frees. Safe on
  * NULL; sets *srv to NULL. Every streaming call's on_close has run and every
