@@ -19,6 +19,7 @@
 #include "mp_error.h"
 #include "mp_log.h"
 #include "mp_rpc.h"
+#include "node_cluster.h"
 #include "service.h"
 #include "store.h"
 
@@ -33,6 +34,13 @@ struct node_conf {
 	uint64_t log_retain;
 	uint64_t max_pending;
 	uint64_t block_cache;
+	char *etcd;
+	char *cluster;
+	char *advertise;
+	uint64_t rf;
+	uint64_t min_isr;
+	uint64_t lease_ttl;
+	uint64_t ack_timeout;
 };
 
 #define O(f) offsetof(struct node_conf, f)
@@ -53,6 +61,19 @@ static const struct mp_config_opt opts[] = {
 	{ "max_pending", MP_CONF_UINT, O(max_pending), "100000",
 	  "queued writes before the node answers UNAVAILABLE", 1, 10000000 },
 	{ "block_cache", MP_CONF_SIZE, O(block_cache), "64M", "RocksDB block cache", 0, 0 },
+	{ "etcd", MP_CONF_STRING, O(etcd), NULL,
+	  "etcd endpoints host:port[,host:port...]; unset: a single node holding every shard", 0, 0 },
+	{ "cluster", MP_CONF_STRING, O(cluster), "default",
+	  "cluster name: etcd keys live under /merpati/NAME/", 0, 0 },
+	{ "advertise", MP_CONF_STRING, O(advertise), NULL,
+	  "address other nodes and clients use for this node (default: listen address)", 0, 0 },
+	{ "rf", MP_CONF_UINT, O(rf), "3", "replicas per shard (when creating the cluster)", 1, 7 },
+	{ "min_isr", MP_CONF_UINT, O(min_isr), "2",
+	  "in-sync replicas a write needs (when creating the cluster)", 1, 7 },
+	{ "lease_ttl", MP_CONF_DURATION, O(lease_ttl), "5s",
+	  "etcd lease of the node's record: how soon a dead node is noticed", 1000, 600000 },
+	{ "ack_timeout", MP_CONF_DURATION, O(ack_timeout), "2s",
+	  "how long a leader waits for a follower before dropping it from the ISR", 100, 60000 },
 };
 #define NOPTS (sizeof(opts) / sizeof(*opts))
 
@@ -125,6 +146,7 @@ int main(int argc, char **argv)
 	struct store *st = NULL;
 	struct service *svc = NULL;
 	struct mp_rpc_server *srv = NULL;
+	struct node_cluster *nc = NULL;
 	int rc = 1;
 
 	if ((ret = store_open(&so, &st, &error)) < 0) {
@@ -135,19 +157,58 @@ int main(int argc, char **argv)
 		mp_log_error("node_service_failed", "error=%s", mp_strerror(ret));
 		goto out;
 	}
-	size_t nm;
-	const struct mp_rpc_method *m = service_methods(&nm);
+	if (conf.etcd != NULL && *conf.etcd != '\0') {
+		if (conf.min_isr > conf.rf) {
+			mp_log_error("node_bad_config", "error=\"min_isr %llu is above rf %llu\"",
+				     (unsigned long long)conf.min_isr, (unsigned long long)conf.rf);
+			goto out;
+		}
+		struct node_cluster_opts co = {
+			.etcd = conf.etcd, .cluster = conf.cluster, .node_id = conf.node_id,
+			.shards = (uint32_t)conf.shards, .rf = (uint32_t)conf.rf,
+			.min_isr = (uint32_t)conf.min_isr,
+			.lease_ttl_s = (int64_t)(conf.lease_ttl + 999) / 1000,
+			.ack_timeout_ms = (int64_t)conf.ack_timeout,
+		};
+		if ((ret = node_cluster_create(st, &co, &nc, &error)) < 0) {
+			mp_log_error("node_cluster_failed", "etcd=%s error=\"%s\"", conf.etcd,
+				     error ? error : mp_strerror(ret));
+			goto out;
+		}
+	}
+	struct mp_rpc_service svcs[2];
+	size_t nsvcs = 1;
+	svcs[0].svc = &merpati__v1__mail_store__descriptor;
+	svcs[0].methods = service_methods(&svcs[0].n);
+	svcs[0].ctx = svc;
+	if (nc != NULL)
+		svcs[nsvcs++] = node_cluster_service(nc);
 	struct mp_rpc_server_opts ro = {
 		.listen = conf.listen,
 		.threads = (int)conf.threads,
 		/* room for the largest body plus the request's other fields */
 		.max_msg = conf.max_message_size + (1u << 20),
 	};
-	if ((ret = mp_rpc_server_start(&merpati__v1__mail_store__descriptor, m, nm, svc,
-				       &ro, &srv, &error)) < 0) {
+	if ((ret = mp_rpc_server_start_multi(svcs, nsvcs, &ro, &srv, &error)) < 0) {
 		mp_log_error("node_listen_failed", "listen=%s error=\"%s\"", conf.listen,
 			     error ? error : mp_strerror(ret));
 		goto out;
+	}
+	if (nc != NULL) {
+		char adv[300];
+		if (conf.advertise != NULL && *conf.advertise != '\0') {
+			snprintf(adv, sizeof(adv), "%s", conf.advertise);
+		} else {
+			/* the listen host with the port actually bound */
+			const char *colon = strrchr(conf.listen, ':');
+			int hl = colon ? (int)(colon - conf.listen) : (int)strlen(conf.listen);
+			snprintf(adv, sizeof(adv), "%.*s:%d", hl, conf.listen,
+				 mp_rpc_server_port(srv));
+		}
+		if ((ret = node_cluster_join(nc, adv, &error)) < 0) {
+			mp_log_error("node_join_failed", "error=\"%s\"", error ? error : mp_strerror(ret));
+			goto out;
+		}
 	}
 	mp_log_info("node_ready", "listen=%s port=%d shards=%llu data_dir=%s", conf.listen,
 		    mp_rpc_server_port(srv), (unsigned long long)conf.shards, conf.data_dir);
@@ -165,10 +226,14 @@ int main(int argc, char **argv)
 	}
 	rc = 0;
 out:
-	/* Order: stop serving (waits for answers in flight), then the store
-	 * (finishes its queue), then the watch streams. */
+	/* Order: leave the cluster (the controller moves our shards away),
+	 * stop serving (waits for answers in flight), then the store (finishes
+	 * its queue, which may still replicate), then replication and the
+	 * watch streams. */
+	node_cluster_leave(nc);
 	mp_rpc_server_stop(&srv);
 	store_close(&st);
+	node_cluster_free(&nc);
 	service_free(&svc);
 	mp_rpc_shutdown();
 	free(error);

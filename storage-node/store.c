@@ -21,6 +21,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <openssl/evp.h>
+
 #include "mp_buf.h"
 #include "mp_log.h"
 
@@ -64,6 +66,8 @@ struct pm {
 	const ProtobufCBinaryData *recs; /* borrowed until cb */
 	size_t n_recs;
 	store_apply_cb apply_cb;
+	/* exclusive job */
+	store_exclusive_fn excl_fn;
 };
 
 static const char *cf_names[CF_COUNT] = { "meta", "blob", "log" };
@@ -476,7 +480,9 @@ static void pm_free(struct pm *pm)
 
 static void pm_finish(struct pm *pm)
 {
-	if (pm->apply) {
+	if (pm->excl_fn != NULL) {
+		/* ran already */
+	} else if (pm->apply) {
 		struct store *st = pm->st;
 		pm->apply_cb(pm->err, pm->errmsg, st->epoch[pm->shard], st->lsn[pm->shard],
 			     pm->arg);
@@ -765,6 +771,11 @@ static void replicate_group(struct store *st, struct pm **group, size_t n)
 			pm->err = MP_ENOTLEADER;
 			pm->errmsg = pm_errf(pm, "shard %u: this node is no longer its leader", pm->shard);
 			pm->skip_write = true;
+		} else if (res[i] == STORE_REPL_REFUSED) {
+			pm->err = MP_EUNAVAIL;
+			pm->errmsg = pm_errf(pm, "shard %u has fewer in-sync replicas than min_isr; "
+					     "nothing was written", pm->shard);
+			pm->skip_write = true;
 		} else if (res[i] == STORE_REPL_UNDER_MIN) {
 			/* Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: the in-sync
 			 * members that remain have it, so it is written here
@@ -955,6 +966,8 @@ static void *commit_thread(void *arg)
 		keyset_clear(&blocked);
 		while (*pp != NULL && n < GROUP_MAX_MUTATIONS && bytes < GROUP_MAX_BYTES) {
 			struct pm *pm = *pp;
+			if (pm->excl_fn != NULL && n > 0)
+				break; /* runs alone, after this group */
 			if (pm_conflicts(pm, &taken, &blocked)) {
 				for (size_t i = 0; i < pm->nkeys; i++)
 					keyset_add(&blocked, pm->keys[i]);
@@ -971,13 +984,22 @@ static void *commit_thread(void *arg)
 			pm->next = NULL;
 			st->q_len--;
 			group[n++] = pm;
+			if (pm->excl_fn != NULL)
+				break;
+			if (pm->apply)
+				continue;
 			if (pm->op == STORE_APPEND)
 				bytes += ((const Merpati__V1__AppendRequest *)pm->req)->body.len;
 			else if (pm->op == STORE_APPEND_MANY)
 				bytes += ((const Merpati__V1__AppendManyRequest *)pm->req)->body.len;
 		}
 		pthread_mutex_unlock(&st->mu);
-		run_group(st, group, n);
+		if (n == 1 && group[0]->excl_fn != NULL) {
+			group[0]->excl_fn(group[0]->arg, st->lsn);
+			pm_free(group[0]);
+		} else {
+			run_group(st, group, n);
+		}
 		pthread_mutex_lock(&st->mu);
 	}
 	pthread_mutex_unlock(&st->mu);
@@ -1484,6 +1506,32 @@ int store_apply(struct store *st, uint32_t shard, uint64_t epoch,
 	return 0;
 }
 
+int store_run_exclusive(struct store *st, store_exclusive_fn fn, void *arg)
+{
+	struct pm *pm = calloc(1, sizeof(*pm));
+	if (pm == NULL)
+		return MP_ENOMEM;
+	mp_arena_init(&pm->arena);
+	pm->st = st;
+	pm->excl_fn = fn;
+	pm->arg = arg;
+	pthread_mutex_lock(&st->mu);
+	if (st->closing) {
+		pthread_mutex_unlock(&st->mu);
+		pm_free(pm);
+		return MP_EUNAVAIL;
+	}
+	if (st->q_tail)
+		st->q_tail->next = pm;
+	else
+		st->q_head = pm;
+	st->q_tail = pm;
+	st->q_len++;
+	pthread_cond_signal(&st->cv);
+	pthread_mutex_unlock(&st->mu);
+	return 0;
+}
+
 void store_log_free(struct store_log *l)
 {
 	for (size_t i = 0; i < l->n; i++)
@@ -1580,4 +1628,60 @@ int store_log_epoch(struct store *st, uint32_t shard, uint64_t lsn, uint64_t *ep
 	*epoch_r = lr->epoch;
 	merpati__rec__log_record__free_unpacked(lr, NULL);
 	return 0;
+}
+
+int store_shard_digest(struct store *st, uint32_t shard, uint8_t sha[32],
+		       uint64_t *keys_r, uint64_t *epoch_r, uint64_t *lsn_r)
+{
+	struct mp_arena a;
+	struct sk pre, applied;
+	int ret = 0;
+	unsigned int outl = 0;
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+		EVP_MD_CTX_free(md);
+		return MP_ENOMEM;
+	}
+	mp_arena_init(&a);
+	const rocksdb_snapshot_t *snap = rocksdb_create_snapshot(st->db);
+	rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+	rocksdb_readoptions_set_snapshot(ro, snap);
+	struct rd r = { st, &a, ro, snap, NULL };
+	*keys_r = 0;
+	*epoch_r = 0;
+	*lsn_r = 0;
+	sk_shard(&pre, shard);
+	sk_applied(&applied, shard);
+	for (int cf = CF_META; cf <= CF_BLOB && ret == 0; cf++) {
+		struct it it;
+		it_open(&r, cf, &pre, NULL, &it);
+		for (; it_valid(&it); it_next(&it)) {
+			size_t kl, vl;
+			const char *k = it_key(&it, &kl);
+			const char *v = it_val(&it, &vl);
+			if (cf == CF_META && kl == applied.len && memcmp(k, applied.b, kl) == 0) {
+				if (vl == 16) {
+					*epoch_r = mp_be64_get(v);
+					*lsn_r = mp_be64_get(v + 8);
+				}
+				continue;
+			}
+			uint8_t lens[17];
+			lens[0] = (uint8_t)cf;
+			mp_be64_put(lens + 1, kl);
+			mp_be64_put(lens + 9, vl);
+			EVP_DigestUpdate(md, lens, sizeof(lens));
+			EVP_DigestUpdate(md, k, kl);
+			EVP_DigestUpdate(md, v, vl);
+			(*keys_r)++;
+		}
+		ret = it_close(&it);
+	}
+	if (ret == 0 && EVP_DigestFinal_ex(md, sha, &outl) != 1)
+		ret = MP_EIO;
+	EVP_MD_CTX_free(md);
+	rocksdb_readoptions_destroy(ro);
+	rocksdb_release_snapshot(st->db, snap);
+	mp_arena_free(&a);
+	return ret;
 }

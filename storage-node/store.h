@@ -125,6 +125,7 @@ enum store_repl_result {
 	STORE_REPL_OK = 0,        /* every in-sync member persisted it */
 	STORE_REPL_FENCED = 1,    /* this node is not the leader any more: do not write */
 	STORE_REPL_UNDER_MIN = 2, /* persisted by fewer than min_isr: write, answer an error */
+	STORE_REPL_REFUSED = 3,   /* not sent (in-sync set below min_isr): do not write */
 };
 /* Called on the commit thread with the group's records sorted by (shard,
  * lsn), before the local write; blocks until it can fill result[i] (an enum
@@ -144,6 +145,13 @@ typedef void (*store_apply_cb)(int err, const char *errmsg, uint64_t epoch,
 int store_apply(struct store *st, uint32_t shard, uint64_t epoch,
 		const ProtobufCBinaryData *recs, size_t n, store_apply_cb cb, void *arg);
 
+/* Run fn on the commit thread between groups: no group is being computed,
+ * replicated or written while it runs, and lsn[shard] is every shard's last
+ * written lsn. For decisions that must not race a write (adding a replica
+ * to the in-sync set). fn may block briefly. 0, or MP_EUNAVAIL if closing. */
+typedef void (*store_exclusive_fn)(void *arg, const uint64_t *lsn);
+int store_run_exclusive(struct store *st, store_exclusive_fn fn, void *arg);
+
 /* Leader: packed records of a shard from from_lsn on, at most max_bytes
  * (at least one record). Each record malloc'd; free with store_log_free.
  * MP_ESTALE when from_lsn is no longer in the log (trimmed). */
@@ -154,6 +162,10 @@ struct store_log {
 int store_read_log(struct store *st, uint32_t shard, uint64_t from_lsn,
 		   size_t max_bytes, struct store_log *out);
 void store_log_free(struct store_log *l);
+/* SHA-256 over the shard's meta and blob keys and values (a snapshot;
+ * the applied-position key left out), its key count and its position. */
+int store_shard_digest(struct store *st, uint32_t shard, uint8_t sha[32],
+		       uint64_t *keys_r, uint64_t *epoch_r, uint64_t *lsn_r);
 /* The epoch of the record at lsn; MP_ENOENT when the log does not hold it. */
 int store_log_epoch(struct store *st, uint32_t shard, uint64_t lsn, uint64_t *epoch_r);
 
