@@ -509,6 +509,43 @@ static void rule_balance(struct plan *p)
 	}
 }
 
+/* Rule 7: leaders spread evenly. When every shard is settled and a node
+ * leads more than one shard above another, hand one of its leaderships to
+ * an in-sync replica that leads fewer (epoch + 1; the old leader stays in
+ * the ISR as a follower). One move per round. */
+static void rule_balance_leaders(struct plan *p)
+{
+	const struct ctl_input *in = p->in;
+	size_t hi = CTL_NONE, lo = CTL_NONE;
+
+	for (uint32_t s = 0; s < in->config.shards; s++)
+		if (!plan_settled(p, s))
+			return;
+	for (size_t i = 0; i < in->n_nodes; i++) {
+		if (in->nodes[i].draining)
+			continue;
+		if (hi == CTL_NONE || p->lead[i] > p->lead[hi] ||
+		    (p->lead[i] == p->lead[hi] && strcmp(in->nodes[i].id, in->nodes[hi].id) < 0))
+			hi = i;
+		if (lo == CTL_NONE || p->lead[i] < p->lead[lo] ||
+		    (p->lead[i] == p->lead[lo] && strcmp(in->nodes[i].id, in->nodes[lo].id) < 0))
+			lo = i;
+	}
+	if (hi == CTL_NONE || lo == CTL_NONE || p->lead[hi] <= p->lead[lo] + 1)
+		return;
+	for (uint32_t s = 0; s < in->config.shards; s++) {
+		const struct mp_shard_rec *old = &in->shards[s];
+		struct mp_shard_rec r;
+
+		if (strcmp(old->leader, in->nodes[hi].id) != 0 ||
+		    !ids_has(old->isr, old->n_isr, in->nodes[lo].id))
+			continue;
+		rec_new_leader(old, in->nodes[lo].id, false, &r);
+		if (plan_emit(p, CTL_UPDATE, s, old, &r, "balance_leaders"))
+			return;
+	}
+}
+
 size_t ctl_plan(const struct ctl_input *in, struct ctl_action *out, size_t max)
 {
 	struct plan p;
@@ -547,6 +584,8 @@ size_t ctl_plan(const struct ctl_input *in, struct ctl_action *out, size_t max)
 	}
 	if (p.n_out == 0)
 		rule_balance(&p);
+	if (p.n_out == 0)
+		rule_balance_leaders(&p);
 	n = p.n_out;
 out:
 	free(p.load);

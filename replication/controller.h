@@ -82,7 +82,10 @@ struct ctl_action {
  *     no shard is mid-move, add it to one shard of the most loaded node
  *     (rule 5 then removes the extra replica once it is in sync), one shard
  *     at a time.
- * Leader changes (2, 3) bump the epoch; replica changes (4, 5, 6) keep it. */
+ *  7. leaders: when all shards are settled and a node leads two or more
+ *     shards more than another, move one leadership to that node where it
+ *     is in the ISR (the old leader stays in the ISR).
+ * Leader changes (2, 3, 7) bump the epoch; replica changes (4, 5, 6) keep it. */
 size_t ctl_plan(const struct ctl_input *in, struct ctl_action *out, size_t max);
 
 /* ------------------------------------------------------------ running */

@@ -709,6 +709,8 @@ static void test_sim_join(void **state)
 		counts(s, ids[i], &rep, &lead);
 		print_message("%s: %zu replicas, %zu leaderships\n", ids[i], rep, lead);
 		assert_true(rep >= 64 * 3 / 4 - 2 && rep <= 64 * 3 / 4 + 2);
+		/* rule 7: the new node leads its share too */
+		assert_true(lead >= 64 / 4 - 1 && lead <= 64 / 4 + 1);
 	}
 	free(s);
 }
