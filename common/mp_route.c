@@ -553,10 +553,61 @@ static bool retryable(int err, int64_t attempt_ms, int64_t left_ms)
 	return err == MP_ETIMEDOUT && attempt_ms < left_ms;
 }
 
+/* A write that is retried after a lost answer must be applied once: give
+ * a request without a request_id one, the same for every attempt of this
+ * call (the leader remembers the answer per id, replicated with the write).
+ * The caller's message is not touched: a shallow copy carries the id. */
+static const ProtobufCMessage *with_request_id(const ProtobufCMessage *req, void **copy_r,
+					       char *id, size_t idlen)
+{
+	const ProtobufCFieldDescriptor *f =
+		protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "request_id");
+	*copy_r = NULL;
+	if (f == NULL || f->type != PROTOBUF_C_TYPE_STRING)
+		return req;
+	const char *cur = *(const char *const *)((const char *)req + f->offset);
+	if (cur != NULL && *cur != '\0')
+		return req;
+	unsigned char rnd[16];
+	FILE *fp = fopen("/dev/urandom", "rb");
+	size_t got = fp ? fread(rnd, 1, sizeof(rnd), fp) : 0;
+	if (fp)
+		fclose(fp);
+	if (got != sizeof(rnd))
+		return req;   /* no id: the write is still correct, only not deduplicated */
+	for (size_t i = 0; i < sizeof(rnd) && 2 * i + 2 < idlen; i++)
+		snprintf(id + 2 * i, 3, "%02x", rnd[i]);
+	void *copy = malloc(req->descriptor->sizeof_message);
+	if (copy == NULL)
+		return req;
+	memcpy(copy, req, req->descriptor->sizeof_message);
+	*(char **)((char *)copy + f->offset) = id;
+	*copy_r = copy;
+	return copy;
+}
+
+static int route_call(struct mp_route *r, uint32_t shard, const char *path,
+		      const ProtobufCMessage *req,
+		      const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
+		      ProtobufCMessage **resp_r, char **error_r);
+
 int mp_route_call(struct mp_route *r, uint32_t shard, const char *path,
 		  const ProtobufCMessage *req,
 		  const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
 		  ProtobufCMessage **resp_r, char **error_r)
+{
+	char id[40];
+	void *copy;
+	const ProtobufCMessage *q = with_request_id(req, &copy, id, sizeof(id));
+	int ret = route_call(r, shard, path, q, resp_desc, timeout_ms, resp_r, error_r);
+	free(copy);
+	return ret;
+}
+
+static int route_call(struct mp_route *r, uint32_t shard, const char *path,
+		      const ProtobufCMessage *req,
+		      const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
+		      ProtobufCMessage **resp_r, char **error_r)
 {
 	int64_t budget = timeout_ms > 0 ? timeout_ms : r->o.timeout_ms;
 	int64_t deadline = now_ms() + budget, backoff = BACKOFF_MIN_MS;
@@ -616,6 +667,8 @@ int mp_route_call(struct mp_route *r, uint32_t shard, const char *path,
 		} else {
 			id[0] = addr[0] = '\0';
 			last = MP_ENOENT;
+			free(msg); /* an older attempt's words no longer apply */
+			msg = NULL;
 		}
 
 		refresh_shard(r, shard);

@@ -56,6 +56,7 @@
  * to 120 s, far too long for nodes on one LAN. */
 #define RPC_RECONNECT_INITIAL_MS 100
 #define RPC_RECONNECT_MAX_MS 1000
+#define RPC_CONNECT_TIMEOUT_MS 2000
 /* mp_rpc_server_stop logs who it is still waiting for at this interval. */
 #define RPC_STOP_LOG_INTERVAL_S 5
 
@@ -1398,7 +1399,9 @@ int mp_rpc_channel_open(const char *target, size_t max_msg,
 	 * re-resolutions) stall a channel for seconds after a refusal. */
 	args[4].type = GRPC_ARG_INTEGER;
 	args[4].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
-	args[4].value.integer = RPC_RECONNECT_INITIAL_MS;
+	/* gRPC also takes this as the shortest connect timeout: keep it long
+	 * enough for a loaded machine. */
+	args[4].value.integer = RPC_CONNECT_TIMEOUT_MS;
 	args[5].type = GRPC_ARG_INTEGER;
 	args[5].key = GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS;
 	args[5].value.integer = RPC_RECONNECT_INITIAL_MS;

@@ -92,7 +92,8 @@ int mp_shard_rec_has_replica(const struct mp_shard_rec *r, const char *id);
 int mp_shard_rec_in_isr(const struct mp_shard_rec *r, const char *id);
 
 /* "shards/17" -> 17. MP_EINVAL unless the key is exactly that form with a
- * canonical decimal (no leading zeros) below nshards. */
+ * canonical decimal (no leading zeros) below nshards (so always when
+ * nshards is 0). *shard_r is set only on success. */
 int mp_shard_key_parse(const char *key, uint32_t nshards, uint32_t *shard_r);
 
 /* A shard map: config, nodes and shard records with their etcd

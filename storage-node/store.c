@@ -53,7 +53,8 @@ struct pm {
 	const char *errmsg;
 	ProtobufCMessage *reply;
 	uint64_t lsn;
-	const char *request_id;
+	const char *request_id;   /* borrowed from req; NULL when none */
+	bool noop;                /* a retried write answered from memory */
 	/* leader: the packed log record (arena) */
 	uint8_t *rec;
 	size_t rec_len;
@@ -749,7 +750,7 @@ static void replicate_group(struct store *st, struct pm **group, size_t n)
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++)
-		if (group[i]->err == 0 && !group[i]->apply)
+		if (group[i]->err == 0 && !group[i]->apply && !group[i]->noop)
 			sorted[m++] = group[i];
 	/* insertion sort by (shard, lsn): groups are small */
 	for (size_t i = 1; i < m; i++)
@@ -836,7 +837,24 @@ static void run_group(struct store *st, struct pm **group, size_t n)
 		}
 		if ((pm->err = role_check(st, pm->shard, &pm->errmsg, &pm->arena)) < 0)
 			continue;
+		pm->request_id = ops_request_id(pm->req);
+		if (pm->request_id != NULL) {
+			/* A retried write: answer what the first attempt
+			 * answered, change nothing. */
+			int dr = ops_dedup_lookup(&r, pm->shard, pm->op, pm->request_id, &pm->reply);
+			if (dr == 0) {
+				pm->noop = true;
+				ok++;
+				continue;
+			}
+			if (dr != MP_ENOENT) {
+				pm->err = dr;
+				continue;
+			}
+		}
 		pm->err = ops_mutate(&r, pm->op, pm->req, &pm->reply, &pm->errmsg);
+		if (pm->err == 0 && pm->request_id != NULL)
+			pm->err = ops_dedup_remember(&r, pm->shard, pm->request_id, pm->reply);
 		if (pm->err < 0) {
 			ovl_rollback(st, pm);
 			ops_free(pm);
@@ -863,10 +881,10 @@ static void run_group(struct store *st, struct pm **group, size_t n)
 	ok = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct pm *pm = group[i];
-		if (pm->err == 0 && !pm->apply && !pm->skip_write) {
+		if (pm->err == 0 && !pm->apply && !pm->skip_write && !pm->noop) {
 			batch_add(st, wb, pm);
 			ok++;
-		} else if (pm->err == 0 && pm->apply) {
+		} else if (pm->err == 0 && (pm->apply || pm->noop)) {
 			ok++;
 		} else if (pm->skip_write && st->lsn[pm->shard] >= pm->lsn) {
 			st->lsn[pm->shard] = pm->lsn - 1;

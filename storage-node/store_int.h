@@ -165,5 +165,13 @@ int ops_mutate(struct rd *r, enum store_op op, const ProtobufCMessage *req,
 	       ProtobufCMessage **reply_r, const char **errmsg_r);
 int ops_read(struct rd *r, enum store_op op, const ProtobufCMessage *req,
 	     ProtobufCMessage **reply_r, const char **errmsg_r);
+/* Idempotent retries: the request's request_id (NULL when empty), the reply
+ * a write with that id got (MP_ENOENT when none is remembered), and
+ * remembering a reply (with expiry of old ones) inside the mutation. */
+const char *ops_request_id(const ProtobufCMessage *req);
+int ops_dedup_lookup(struct rd *r, uint32_t shard, enum store_op op, const char *rid,
+		     ProtobufCMessage **reply_r);
+int ops_dedup_remember(struct rd *r, uint32_t shard, const char *rid,
+		       const ProtobufCMessage *reply);
 
 #endif

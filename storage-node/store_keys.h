@@ -12,6 +12,8 @@
  *   meta s{shard}/r/{sha256}                        refcount be64
  *   meta s{shard}/L                                 applied epoch be64, lsn be64
  *   meta s{shard}/V                                 last uidvalidity given, be32
+ *   meta s{shard}/x/{request id}                    time be64 + packed reply (retries)
+ *   meta s{shard}/X/{time be64}{request id}         expiry index of x/
  *   meta s0000/d/{domain}                           DomainRec
  *   blob s{shard}/b/{sha256}                        body
  *   log  s{shard}/{lsn be64}                        LogRecord (epoch inside)

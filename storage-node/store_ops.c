@@ -2255,3 +2255,108 @@ int ops_read(struct rd *r, enum store_op op, const ProtobufCMessage *req,
 		return MP_EINVAL;
 	}
 }
+
+/* ------------------------------------------------------------ retries */
+
+#define RID_MAX 128
+#define RID_KEEP_S 600       /* a retry comes within minutes, not hours */
+#define RID_EXPIRE_BATCH 64  /* old ids deleted per write */
+
+const char *ops_request_id(const ProtobufCMessage *req)
+{
+	const ProtobufCFieldDescriptor *f =
+		protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "request_id");
+	if (f == NULL || f->type != PROTOBUF_C_TYPE_STRING)
+		return NULL;
+	const char *rid = *(const char *const *)((const char *)req + f->offset);
+	if (rid == NULL || *rid == '\0' || strlen(rid) > RID_MAX)
+		return NULL;
+	for (const char *p = rid; *p; p++)
+		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+			return NULL;
+	return rid;
+}
+
+static const ProtobufCMessageDescriptor *reply_desc(enum store_op op)
+{
+	switch (op) {
+	case STORE_CREATE_DOMAIN: return &merpati__v1__domain_reply__descriptor;
+	case STORE_CREATE_ACCOUNT: return &merpati__v1__account_reply__descriptor;
+	case STORE_CREATE_MAILBOX: return &merpati__v1__mailbox_reply__descriptor;
+	case STORE_STATUS: return &merpati__v1__status_reply__descriptor;
+	case STORE_APPEND: return &merpati__v1__append_reply__descriptor;
+	case STORE_APPEND_MANY: return &merpati__v1__append_many_reply__descriptor;
+	case STORE_STORE_FLAGS: return &merpati__v1__store_flags_reply__descriptor;
+	case STORE_COPY:
+	case STORE_MOVE: return &merpati__v1__copy_reply__descriptor;
+	case STORE_EXPUNGE: return &merpati__v1__expunge_reply__descriptor;
+	default: return &merpati__v1__empty__descriptor;
+	}
+}
+
+static void sk_rid(struct sk *k, uint32_t shard, const char *rid)
+{
+	sk_prefix(k, shard, 'x');
+	sk_str(k, rid);
+}
+
+int ops_dedup_lookup(struct rd *r, uint32_t shard, enum store_op op, const char *rid,
+		     ProtobufCMessage **reply_r)
+{
+	struct sk k;
+	char *v;
+	size_t len;
+	sk_rid(&k, shard, rid);
+	int ret = rd_get(r, CF_META, &k, &v, &len);
+	if (ret < 0)
+		return ret;
+	if (len < 8)
+		return MP_EIO;
+	return rd_unpack(r, reply_desc(op), v + 8, len - 8, reply_r);
+}
+
+int ops_dedup_remember(struct rd *r, uint32_t shard, const char *rid,
+		       const ProtobufCMessage *reply)
+{
+	struct sk k, ek, pre, cut;
+	uint64_t now = now_s();
+	size_t n = protobuf_c_message_get_packed_size(reply);
+	uint8_t *buf = mp_arena_alloc(r->arena, n + 8);
+	if (buf == NULL)
+		return MP_ENOMEM;
+	mp_be64_put(buf, now);
+	protobuf_c_message_pack(reply, buf + 8);
+	sk_rid(&k, shard, rid);
+	int ret = txn_put_raw(r->pm, CF_META, &k, buf, n + 8);
+	if (ret < 0)
+		return ret;
+	/* expiry index: X/{time}{rid} */
+	sk_prefix(&ek, shard, 'X');
+	sk_be64(&ek, now);
+	sk_str(&ek, rid);
+	if ((ret = txn_put_raw(r->pm, CF_META, &ek, "", 0)) < 0)
+		return ret;
+	/* Forget a few ids older than RID_KEEP_S (committed state; a second
+	 * delete of the same key by another mutation is harmless). */
+	sk_prefix(&pre, shard, 'X');
+	cut = pre;
+	sk_be64(&cut, now > RID_KEEP_S ? now - RID_KEEP_S : 0);
+	struct it it;
+	int done = 0;
+	it_open(r, CF_META, &pre, &cut, &it);
+	for (; it_valid(&it) && done < RID_EXPIRE_BATCH && ret == 0; it_next(&it), done++) {
+		size_t kl;
+		const char *key = it_key(&it, &kl);
+		struct sk old, xk;
+		if (kl <= pre.len + 8)
+			continue;
+		old.len = 0;
+		sk_bytes(&old, key, kl);
+		sk_prefix(&xk, shard, 'x');
+		sk_bytes(&xk, key + pre.len + 8, kl - pre.len - 8);
+		if ((ret = txn_del(r->pm, CF_META, &old)) == 0)
+			ret = txn_del(r->pm, CF_META, &xk);
+	}
+	int cr = it_close(&it);
+	return ret < 0 ? ret : cr;
+}

@@ -624,6 +624,48 @@ static void test_uidvalidity_never_repeats(void **state)
 	}
 }
 
+/* A write retried with the same request id is applied once and gets the
+ * first answer again. */
+static void test_request_id_dedup(void **state)
+{
+	struct store *st = *state;
+	mk_domain(st, "example.test");
+	mk_user(st, "a@example.test");
+	Merpati__V1__AppendRequest q = MERPATI__V1__APPEND_REQUEST__INIT;
+	Merpati__V1__AppendReply *r1 = NULL, *r2 = NULL, *r3 = NULL;
+	const char *body = "Subject: once\r\n\r\nx\r\n";
+	q.user = "a@example.test";
+	q.mailbox = "INBOX";
+	q.body.data = (uint8_t *)body;
+	q.body.len = strlen(body);
+	q.request_id = "req-1";
+	assert_int_equal(call(st, STORE_APPEND, &q, &merpati__v1__append_reply__descriptor, &r1), 0);
+	assert_int_equal(call(st, STORE_APPEND, &q, &merpati__v1__append_reply__descriptor, &r2), 0);
+	assert_int_equal(r1->uid, r2->uid);
+	assert_int_equal(r1->modseq, r2->modseq);
+	q.request_id = "req-2";
+	assert_int_equal(call(st, STORE_APPEND, &q, &merpati__v1__append_reply__descriptor, &r3), 0);
+	assert_int_equal(r3->uid, r1->uid + 1);
+	Merpati__V1__StatusReply *s = status(st, "a@example.test", "INBOX");
+	assert_int_equal(s->messages, 2);
+	assert_int_equal(refcount(st, body), 2);
+	FREE(s);
+	FREE(r1);
+	FREE(r2);
+	FREE(r3);
+	/* also across a restart (the id is stored with the write) */
+	store_close(&st);
+	st = open_store(1);
+	*state = st;
+	q.request_id = "req-1";
+	assert_int_equal(call(st, STORE_APPEND, &q, &merpati__v1__append_reply__descriptor, &r1), 0);
+	assert_int_equal(r1->uid, 1);
+	FREE(r1);
+	s = status(st, "a@example.test", "INBOX");
+	assert_int_equal(s->messages, 2);
+	FREE(s);
+}
+
 struct writer {
 	struct store *st;
 	int id;
@@ -870,6 +912,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_uidvalidity_never_repeats, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cluster_replication, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_request_id_dedup, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
