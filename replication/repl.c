@@ -57,6 +57,11 @@ struct repl {
 	char path_replicate[128];
 	char path_state[128];
 	time_t last_warn;
+	/* a join queued on the commit thread, per shard (tick thread sets,
+	 * commit thread clears) */
+	pthread_mutex_t join_mu;
+	uint8_t *join_pending;      /* owned, per shard */
+	uint32_t nshards;
 };
 
 static int64_t now_ms(void)
@@ -132,6 +137,11 @@ static int isr_edit(struct repl *r, uint32_t shard, uint64_t epoch, const bool *
 		if (add != NULL && !mp_shard_rec_in_isr(&nrec, add) &&
 		    mp_shard_rec_has_replica(&nrec, add) && nrec.n_isr < MP_REPLICAS_MAX)
 			snprintf(nrec.isr[nrec.n_isr++], sizeof(nrec.isr[0]), "%s", add);
+		if (nrec.n_isr == rec.n_isr) {
+			/* nothing to change (already in or already out) */
+			*out = nrec;
+			return 0;
+		}
 		char text[MP_SHARDREC_MAX_LEN + 1];
 		const char *e;
 		if (mp_shard_rec_check(&nrec, &e) < 0)
@@ -672,6 +682,9 @@ static void join_exclusive(void *arg, const uint64_t *lsn)
 {
 	struct join *j = arg;
 	struct repl *r = j->r;
+	pthread_mutex_lock(&r->join_mu);
+	r->join_pending[j->shard] = 0;
+	pthread_mutex_unlock(&r->join_mu);
 	if (lsn[j->shard] == j->lsn) {
 		struct mp_shard_rec nrec;
 		pthread_mutex_lock(&r->mu);
@@ -715,6 +728,12 @@ static void catch_up(struct repl *r, uint32_t shard, const struct mp_shard_rec *
 			return;
 		}
 		if (ack.last_lsn == my_lsn) {
+			pthread_mutex_lock(&r->join_mu);
+			bool pending = r->join_pending[shard];
+			r->join_pending[shard] = 1;
+			pthread_mutex_unlock(&r->join_mu);
+			if (pending)
+				return;
 			struct join *j = calloc(1, sizeof(*j));
 			if (j == NULL)
 				return;
@@ -723,8 +742,12 @@ static void catch_up(struct repl *r, uint32_t shard, const struct mp_shard_rec *
 			j->epoch = rec->epoch;
 			j->lsn = my_lsn;
 			snprintf(j->id, sizeof(j->id), "%s", id);
-			if (store_run_exclusive(r->st, join_exclusive, j) < 0)
+			if (store_run_exclusive(r->st, join_exclusive, j) < 0) {
 				free(j);
+				pthread_mutex_lock(&r->join_mu);
+				r->join_pending[shard] = 0;
+				pthread_mutex_unlock(&r->join_mu);
+			}
 			return;
 		}
 		struct store_log log;
@@ -797,6 +820,13 @@ int repl_create(const struct repl_opts *o, struct repl **r_r)
 	r->catchup_bytes = o->catchup_bytes > 0 ? o->catchup_bytes : (1u << 20);
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_mutex_init(&r->ch_mu, NULL);
+	pthread_mutex_init(&r->join_mu, NULL);
+	r->nshards = store_shard_count(o->st);
+	r->join_pending = calloc(r->nshards + 1, 1);
+	if (r->join_pending == NULL) {
+		repl_free(&r);
+		return MP_ENOMEM;
+	}
 	if (mp_rpc_method_path(&merpati__repl__v1__replication__descriptor, "Replicate",
 			       r->path_replicate, sizeof(r->path_replicate)) == NULL ||
 	    mp_rpc_method_path(&merpati__repl__v1__replication__descriptor, "ShardState",
@@ -820,5 +850,7 @@ void repl_free(struct repl **rp)
 		mp_rpc_channel_close(&r->chans[i].ch);
 	pthread_mutex_destroy(&r->mu);
 	pthread_mutex_destroy(&r->ch_mu);
+	pthread_mutex_destroy(&r->join_mu);
+	free(r->join_pending);
 	free(r);
 }

@@ -793,7 +793,7 @@ out:
 static void run_group(struct store *st, struct pm **group, size_t n)
 {
 	uint64_t *saved = NULL, *saved_epoch = NULL;
-	bool *touched = NULL;
+	bool *touched = NULL, *locked = NULL;
 	rocksdb_writebatch_t *wb = NULL;
 	size_t ok = 0;
 	int fail = 0;
@@ -802,18 +802,11 @@ static void run_group(struct store *st, struct pm **group, size_t n)
 	saved = malloc(st->o.shards * sizeof(*saved));
 	saved_epoch = malloc(st->o.shards * sizeof(*saved_epoch));
 	touched = calloc(st->o.shards, sizeof(*touched));
-	if (saved == NULL || touched == NULL || saved_epoch == NULL) {
+	locked = calloc(st->o.shards, sizeof(*locked));
+	if (saved == NULL || touched == NULL || saved_epoch == NULL || locked == NULL) {
 		fail = MP_ENOMEM;
 		goto out;
 	}
-	/* Adopt epochs the shard map gave since the last group. */
-	pthread_mutex_lock(&st->role_mu);
-	for (uint32_t s = 0; s < st->o.shards; s++)
-		if (st->role_epoch[s] > st->epoch[s])
-			st->epoch[s] = st->role_epoch[s];
-	pthread_mutex_unlock(&st->role_mu);
-	memcpy(saved, st->lsn, st->o.shards * sizeof(*saved));
-	memcpy(saved_epoch, st->epoch, st->o.shards * sizeof(*saved_epoch));
 
 	wb = rocksdb_writebatch_create();
 	for (size_t i = 0; i < n; i++) {
@@ -824,19 +817,20 @@ static void run_group(struct store *st, struct pm **group, size_t n)
 			pm->errmsg = "the store refuses writes after a failed write; restart the node";
 			continue;
 		}
-		if (pm->apply) {
-			pm->err = batch_apply(st, wb, pm);
-			if (pm->err == 0) {
-				if (pm->apply_epoch > st->epoch[pm->shard])
-					st->epoch[pm->shard] = pm->apply_epoch;
-				st->lsn[pm->shard] = pm->lsn;
-				touched[pm->shard] = true;
-				ok++;
-			}
-			continue;
-		}
 		if ((pm->err = role_check(st, pm->shard, &pm->errmsg, &pm->arena)) < 0)
 			continue;
+		if (!locked[pm->shard]) {
+			/* The shard's counters are ours until the group ends;
+			 * adopt the epoch the shard map gave since. */
+			pthread_mutex_lock(&st->shard_mu[pm->shard]);
+			locked[pm->shard] = true;
+			pthread_mutex_lock(&st->role_mu);
+			if (st->role_epoch[pm->shard] > st->epoch[pm->shard])
+				st->epoch[pm->shard] = st->role_epoch[pm->shard];
+			pthread_mutex_unlock(&st->role_mu);
+			saved[pm->shard] = st->lsn[pm->shard];
+			saved_epoch[pm->shard] = st->epoch[pm->shard];
+		}
 		pm->request_id = ops_request_id(pm->req);
 		if (pm->request_id != NULL) {
 			/* A retried write: answer what the first attempt
@@ -881,10 +875,10 @@ static void run_group(struct store *st, struct pm **group, size_t n)
 	ok = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct pm *pm = group[i];
-		if (pm->err == 0 && !pm->apply && !pm->skip_write && !pm->noop) {
+		if (pm->err == 0 && !pm->skip_write && !pm->noop) {
 			batch_add(st, wb, pm);
 			ok++;
-		} else if (pm->err == 0 && (pm->apply || pm->noop)) {
+		} else if (pm->err == 0 && pm->noop) {
 			ok++;
 		} else if (pm->skip_write && st->lsn[pm->shard] >= pm->lsn) {
 			st->lsn[pm->shard] = pm->lsn - 1;
@@ -918,10 +912,11 @@ static void run_group(struct store *st, struct pm **group, size_t n)
 	}
 out:
 	if (fail < 0) {
-		if (saved != NULL) {
-			memcpy(st->lsn, saved, st->o.shards * sizeof(*saved));
-			memcpy(st->epoch, saved_epoch, st->o.shards * sizeof(*saved_epoch));
-		}
+		for (uint32_t sh = 0; locked != NULL && sh < st->o.shards; sh++)
+			if (locked[sh]) {
+				st->lsn[sh] = saved[sh];
+				st->epoch[sh] = saved_epoch[sh];
+			}
 		for (size_t i = 0; i < n; i++) {
 			if (group[i]->err == 0) {
 				group[i]->err = fail;
@@ -930,6 +925,9 @@ out:
 			}
 		}
 	}
+	for (uint32_t sh = 0; locked != NULL && sh < st->o.shards; sh++)
+		if (locked[sh])
+			pthread_mutex_unlock(&st->shard_mu[sh]);
 	if (wb != NULL)
 		rocksdb_writebatch_destroy(wb);
 	ovl_reset(&st->ovl);
@@ -955,6 +953,7 @@ out:
 	free(saved);
 	free(saved_epoch);
 	free(touched);
+	free(locked);
 }
 
 static void *commit_thread(void *arg)
@@ -1004,8 +1003,6 @@ static void *commit_thread(void *arg)
 			group[n++] = pm;
 			if (pm->excl_fn != NULL)
 				break;
-			if (pm->apply)
-				continue;
 			if (pm->op == STORE_APPEND)
 				bytes += ((const Merpati__V1__AppendRequest *)pm->req)->body.len;
 			else if (pm->op == STORE_APPEND_MANY)
@@ -1234,10 +1231,11 @@ int store_open(const struct store_opts *opts, struct store **st_r, char **error_
 	st->trimmed = calloc(st->o.shards, sizeof(*st->trimmed));
 	st->role = calloc(st->o.shards, sizeof(*st->role));
 	st->role_epoch = calloc(st->o.shards, sizeof(*st->role_epoch));
+	st->shard_mu = calloc(st->o.shards, sizeof(*st->shard_mu));
 	st->leader = calloc(st->o.shards, sizeof(*st->leader));
 	if (st->data_dir == NULL || st->node_id == NULL || st->lsn == NULL ||
 	    st->epoch == NULL || st->trimmed == NULL || st->role == NULL || st->leader == NULL ||
-	    st->role_epoch == NULL) {
+	    st->role_epoch == NULL || st->shard_mu == NULL) {
 		ret = MP_ENOMEM;
 		goto fail;
 	}
@@ -1245,6 +1243,9 @@ int store_open(const struct store_opts *opts, struct store **st_r, char **error_
 	st->o.node_id = st->node_id;
 	pthread_mutex_init(&st->mu, NULL);
 	pthread_mutex_init(&st->role_mu, NULL);
+	for (uint32_t s = 0; s < st->o.shards; s++)
+		pthread_mutex_init(&st->shard_mu[s], NULL);
+	st->shard_mu_init = true;
 	pthread_cond_init(&st->cv, NULL);
 
 	if (mkdir_p(st->data_dir) < 0) {
@@ -1371,6 +1372,10 @@ void store_close(struct store **stp)
 	free(st->trimmed);
 	free(st->role);
 	free(st->role_epoch);
+	if (st->shard_mu_init)
+		for (uint32_t s = 0; s < st->o.shards; s++)
+			pthread_mutex_destroy(&st->shard_mu[s]);
+	free(st->shard_mu);
 	free(st->leader);
 	free(st->data_dir);
 	free(st->node_id);
@@ -1507,20 +1512,52 @@ int store_apply(struct store *st, uint32_t shard, uint64_t epoch,
 	pm->n_recs = n;
 	pm->apply_cb = cb;
 	pm->arg = arg;
-	pthread_mutex_lock(&st->mu);
-	if (st->closing || st->q_len >= st->o.max_pending) {
-		pthread_mutex_unlock(&st->mu);
-		pm_free(pm);
-		return MP_EUNAVAIL;
+
+	/* Applied here, on the caller's thread, not through the commit
+	 * queue: a leader's commit thread waits for its followers, and a
+	 * follower's commit thread may be waiting for this node; queueing
+	 * replicated records behind local groups would deadlock two nodes
+	 * that lead shards for each other. Concurrent synced writes are
+	 * grouped by RocksDB itself. The shard's lock orders applies and
+	 * keeps the commit thread off the shard's counters meanwhile. */
+	pthread_mutex_lock(&st->shard_mu[shard]);
+	pthread_mutex_lock(&st->role_mu);
+	if (st->role_epoch[shard] > st->epoch[shard])
+		st->epoch[shard] = st->role_epoch[shard];
+	pthread_mutex_unlock(&st->role_mu);
+	uint64_t old_lsn = st->lsn[shard], old_epoch = st->epoch[shard];
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	pm->err = st->broken ? MP_EUNAVAIL : batch_apply(st, wb, pm);
+	if (pm->err == 0 && pm->lsn > old_lsn) {
+		if (pm->apply_epoch > st->epoch[shard])
+			st->epoch[shard] = pm->apply_epoch;
+		st->lsn[shard] = pm->lsn;
+		batch_applied(st, wb, shard);
+		char *err = NULL;
+		rocksdb_write(st->db, st->wo_sync, wb, &err);
+		if (err != NULL) {
+			mp_log_error("store_apply_write_failed", "shard=%u error=\"%s\"", shard, err);
+			rocksdb_free(err);
+			st->broken = true;
+			st->lsn[shard] = old_lsn;
+			st->epoch[shard] = old_epoch;
+			pm->err = MP_EIO;
+			pm->errmsg = "storage write failed";
+		}
 	}
-	if (st->q_tail)
-		st->q_tail->next = pm;
-	else
-		st->q_head = pm;
-	st->q_tail = pm;
-	st->q_len++;
-	pthread_cond_signal(&st->cv);
-	pthread_mutex_unlock(&st->mu);
+	uint64_t e = st->epoch[shard], l = st->lsn[shard];
+	pthread_mutex_unlock(&st->shard_mu[shard]);
+	rocksdb_writebatch_destroy(wb);
+	if (pm->err == 0) {
+		pthread_mutex_lock(&st->mu);
+		st->stats.mutations += pm->n_recs;
+		st->stats.groups++;
+		pthread_mutex_unlock(&st->mu);
+	}
+	cb(pm->err, pm->errmsg, e, l, arg);
+	pm->apply_cb = NULL;
+	pm->apply = false;
+	pm_free(pm);
 	return 0;
 }
 

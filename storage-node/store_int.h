@@ -101,6 +101,10 @@ struct store {
 	pthread_mutex_t role_mu;
 	uint8_t *role;    /* owned, per shard: enum store_role (role_mu) */
 	uint64_t *role_epoch; /* owned, per shard: epoch of the role (role_mu) */
+	/* Per shard: held by whoever changes the shard's lsn/epoch counters
+	 * (the commit thread for a group, a follower's apply). */
+	pthread_mutex_t *shard_mu; /* owned */
+	bool shard_mu_init;
 	char (*leader)[STORE_NODE_ID_MAX + 1]; /* owned, per shard (role_mu) */
 	store_replicate_fn replicate;
 	void *replicate_arg;
