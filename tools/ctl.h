@@ -1,6 +1,7 @@
 /*
  * ctl: what the pieces of merpatictl share: parsed options, the connection
- * to one node, argument checks, stdin readers and output helpers.
+ * to one node or, with --etcd, to the cluster (routing through mp_route),
+ * argument checks, stdin readers and output helpers.
  *
  * Command handlers return the process exit status (enum ctl_exit), not an
  * MP_E* code: a CLI's result is its exit status, and every error has already
@@ -36,10 +37,15 @@ enum ctl_opt_bit {
 	CTL_OPT_COUNT = 1u << 3,
 	CTL_OPT_SECONDS = 1u << 4,
 	CTL_OPT_PAGE_SIZE = 1u << 5,
+	CTL_OPT_JSON = 1u << 6,
 };
 
 struct ctl_opts {
 	const char *node;      /* borrowed (argv or environment) */
+	const char *etcd;      /* borrowed; non-NULL: route through the cluster */
+	const char *cluster;   /* borrowed; the cluster name ("default") */
+	int node_given;        /* --node was on the command line */
+	int cluster_given;     /* --cluster was on the command line */
 	int64_t timeout_ms;
 	unsigned seen;         /* enum ctl_opt_bit given on the command line */
 	const char *quota;     /* borrowed from argv */
@@ -48,16 +54,26 @@ struct ctl_opts {
 	uint64_t seconds;      /* 0 = not given */
 	uint32_t page_size;    /* 0 = the node's default */
 	int hash_stdin;
+	int json;
 	int verbose;
 };
 
 struct mp_rpc_channel;
+struct mp_etcd;
+struct mp_route;
+
+#define CTL_TARGET_MAX 400
 
 struct ctl {
 	struct ctl_opts opt;
 	const char *what;              /* "user add", for messages; static */
 	struct mp_rpc_channel *ch;     /* owned; opened by the first call */
 	int rpc_started;
+	struct mp_etcd *etcd;          /* owned; opened by ctl_etcd_open */
+	struct mp_route *route;        /* owned; opened by ctl_route_open */
+	/* What the last call went to, for messages: the node address or
+	 * "n1 (127.0.0.1:7001), leader of shard 5". */
+	char target[CTL_TARGET_MAX];
 };
 
 /* A flag list parsed from text: pointers into one owned copy. */
@@ -93,6 +109,10 @@ int ctl_call(struct ctl *c, const char *method, const ProtobufCMessage *req,
 	     ProtobufCMessage **resp_r);
 /* Opens the channel (and starts gRPC) if not yet done. Exit status. */
 int ctl_connect(struct ctl *c);
+/* Starts gRPC if not yet done (mp_rpc_init, once). */
+void ctl_rpc_start(struct ctl *c);
+/* The node or leader the last call went to, for messages. */
+const char *ctl_target(const struct ctl *c);
 /* Exit status for an MP_E* code. */
 int ctl_exit_for(int err);
 /* Prints an RPC error for method and returns its exit status. */
@@ -151,6 +171,30 @@ const char *ctl_state_name(Merpati__V1__AccountState st);
 /* "(\Seen \Flagged)" into out. */
 const char *ctl_fmt_flags(char **flags, size_t n, char *out, size_t outlen);
 
+/* --------------------------------------------------------- ctl_cluster.c */
+
+/* With --etcd (c->opt.etcd != NULL): the etcd client on the cluster's
+ * prefix "/merpati/{cluster}/", and the route over it. Both are opened on
+ * first use and closed by ctl_cluster_close. Exit status. */
+int ctl_etcd_open(struct ctl *c);
+int ctl_route_open(struct ctl *c);
+void ctl_cluster_close(struct ctl *c);
+/* A MailStore call routed to the leader of the shard it concerns: the
+ * user's shard (the request's "user" field), shard 0 for domain methods.
+ * Mutations get a fresh request_id so the route's retries are safe.
+ * Exit status, as ctl_call. */
+int ctl_route_call(struct ctl *c, const char *method, const char *path,
+		   const ProtobufCMessage *req,
+		   const ProtobufCMessageDescriptor *resp_desc,
+		   ProtobufCMessage **resp_r);
+/* Points c->ch at the node that serves user: the leader of its shard with
+ * --etcd, the --node otherwise (for streams, which mp_route does not
+ * carry). Exit status. */
+int ctl_connect_user(struct ctl *c, const char *user);
+/* "user list" over the cluster: every live node lists the accounts of the
+ * shards it leads; merged, deduplicated, sorted. domain may be "". */
+int ctl_user_list_cluster(struct ctl *c, const char *domain);
+
 /* ------------------------------------------------- command handlers */
 
 int ctl_cmd_domain_add(struct ctl *c, char **args, int nargs);
@@ -181,5 +225,10 @@ int ctl_cmd_msg_move(struct ctl *c, char **args, int nargs);
 
 int ctl_cmd_watch(struct ctl *c, char **args, int nargs);
 int ctl_cmd_node_info(struct ctl *c, char **args, int nargs);
+
+int ctl_cmd_cluster_status(struct ctl *c, char **args, int nargs);
+int ctl_cmd_node_drain(struct ctl *c, char **args, int nargs);
+int ctl_cmd_node_undrain(struct ctl *c, char **args, int nargs);
+int ctl_cmd_node_remove(struct ctl *c, char **args, int nargs);
 
 #endif

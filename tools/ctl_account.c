@@ -270,6 +270,8 @@ int ctl_cmd_user_list(struct ctl *c, char **args, int nargs)
 		}
 		req.domain = args[0];
 	}
+	if (c->opt.etcd != NULL)
+		return ctl_user_list_cluster(c, req.domain);
 	req.limit = c->opt.page_size;
 	for (pages = 0; pages < CTL_PAGES_MAX; pages++) {
 		Merpati__V1__ListAccountsReply *resp = NULL;

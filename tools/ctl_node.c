@@ -1,7 +1,9 @@
 /*
  * ctl_node: merpatictl's node-level commands: "node info" (also the
  * readiness probe of ./dev: exit 0 exactly when the node answers) and
- * "watch", which prints one line per WatchEvent of a user.
+ * "watch", which prints one line per WatchEvent of a user (from the leader
+ * of the user's shard with --etcd). The cluster's node commands (drain,
+ * undrain, remove) live in ctl_cluster.c.
  *
  * watch flushes every line at once so a script reading the pipe sees events
  * as they come, and it polls the stream in short waits so --seconds and
@@ -155,7 +157,9 @@ int ctl_cmd_watch(struct ctl *c, char **args, int nargs)
 		ctl_err(c, "internal error: Watch is not a MailStore method");
 		return CTL_EXIT_ERROR;
 	}
-	ret = ctl_connect(c);
+	/* The stream goes to one node: with --etcd, the user's shard leader
+	 * as the map names it now (a later failover ends the watch). */
+	ret = ctl_connect_user(c, args[0]);
 	if (ret != CTL_EXIT_OK)
 		return ret;
 	if (c->opt.seconds > 0)

@@ -1,11 +1,20 @@
 /*
- * merpatictl: the admin CLI over the MailStore gRPC API of one storage node.
+ * merpatictl: the admin CLI over the MailStore gRPC API of the storage
+ * nodes, and over the cluster's records in etcd.
  *
  *   merpatictl [--node HOST:PORT] [--timeout SECONDS] COMMAND ARGS...
+ *   merpatictl --etcd ENDPOINTS [--cluster NAME] COMMAND ARGS...
+ *
+ * Without --etcd every call goes to the one --node. With --etcd (or
+ * $MERPATI_ETCD when no --node is given) each MailStore call goes to the
+ * leader of the shard it concerns (ctl_cluster.c), and the cluster
+ * commands (cluster status, node drain/undrain/remove) read and write the
+ * cluster's keys in etcd; node info still talks to the one --node.
  *
  * This file holds the entry point: option parsing, the command table, the
  * signal thread, the node connection and the error -> exit status mapping.
- * The commands live in ctl_account.c, ctl_mail.c and ctl_node.c.
+ * The commands live in ctl_account.c, ctl_mail.c, ctl_node.c and
+ * ctl_cluster.c.
  *
  * Exit status: 0 ok, 1 usage, 2 not found, 3 already exists, 4 invalid
  * argument, 5 node unavailable, 6 any other error. Errors go to stderr with
@@ -32,6 +41,15 @@
 #define CTL_DEFAULT_TIMEOUT_S 30
 #define CTL_MAX_TIMEOUT_S 86400
 #define CTL_MAX_ARGS 64
+#define CTL_ENDPOINTS_MAX 1024
+#define CTL_CLUSTER_NAME_MAX 63
+
+/* What a command talks to, which decides the options it needs. */
+enum ctl_kind {
+	CTL_KIND_STORE = 0,   /* MailStore: --node, or routed with --etcd */
+	CTL_KIND_NODE,        /* one node, always --node */
+	CTL_KIND_CLUSTER,     /* etcd only: needs --etcd */
+};
 
 struct ctl_command {
 	const char *group;     /* "user" */
@@ -40,58 +58,98 @@ struct ctl_command {
 	int min_args, max_args; /* max -1: no limit */
 	unsigned opts;         /* enum ctl_opt_bit accepted */
 	const char *usage;     /* NULL: an alias left out of the listing */
+	enum ctl_kind kind;
 };
 
 static const struct ctl_command ctl_commands[] = {
-	{ "domain", "add", ctl_cmd_domain_add, 1, 1, 0, "domain add NAME" },
+	{ "domain", "add", ctl_cmd_domain_add, 1, 1, 0, "domain add NAME",
+	  CTL_KIND_STORE },
 	{ "domain", "list", ctl_cmd_domain_list, 0, 0, CTL_OPT_PAGE_SIZE,
-	  "domain list [--page-size N]" },
+	  "domain list [--page-size N]",
+	  CTL_KIND_STORE },
 	{ "domain", "del", ctl_cmd_domain_del, 1, 1, 0,
-	  "domain del NAME            (the domain must have no accounts)" },
-	{ "domain", "delete", ctl_cmd_domain_del, 1, 1, 0, NULL },
+	  "domain del NAME            (the domain must have no accounts)",
+	  CTL_KIND_STORE },
+	{ "domain", "delete", ctl_cmd_domain_del, 1, 1, 0, NULL,
+	  CTL_KIND_STORE },
 
 	{ "user", "add", ctl_cmd_user_add, 1, 1,
 	  CTL_OPT_QUOTA | CTL_OPT_HASH_STDIN,
-	  "user add USER [--quota SIZE] [--hash-stdin]   (password on stdin)" },
+	  "user add USER [--quota SIZE] [--hash-stdin]   (password on stdin)",
+	  CTL_KIND_STORE },
 	{ "user", "list", ctl_cmd_user_list, 0, 1, CTL_OPT_PAGE_SIZE,
-	  "user list [DOMAIN] [--page-size N]" },
-	{ "user", "del", ctl_cmd_user_del, 1, 1, 0, "user del USER" },
-	{ "user", "delete", ctl_cmd_user_del, 1, 1, 0, NULL },
+	  "user list [DOMAIN] [--page-size N]",
+	  CTL_KIND_STORE },
+	{ "user", "del", ctl_cmd_user_del, 1, 1, 0, "user del USER",
+	  CTL_KIND_STORE },
+	{ "user", "delete", ctl_cmd_user_del, 1, 1, 0, NULL,
+	  CTL_KIND_STORE },
 	{ "user", "passwd", ctl_cmd_user_passwd, 1, 1, CTL_OPT_HASH_STDIN,
-	  "user passwd USER [--hash-stdin]              (password on stdin)" },
-	{ "user", "show", ctl_cmd_user_show, 1, 1, 0, "user show USER" },
+	  "user passwd USER [--hash-stdin]              (password on stdin)",
+	  CTL_KIND_STORE },
+	{ "user", "show", ctl_cmd_user_show, 1, 1, 0, "user show USER",
+	  CTL_KIND_STORE },
 	{ "user", "quota", ctl_cmd_user_quota, 2, 2, 0,
-	  "user quota USER SIZE       (10M, 1G, ...; 0 = unlimited)" },
-	{ "user", "disable", ctl_cmd_user_disable, 1, 1, 0, "user disable USER" },
-	{ "user", "enable", ctl_cmd_user_enable, 1, 1, 0, "user enable USER" },
+	  "user quota USER SIZE       (10M, 1G, ...; 0 = unlimited)",
+	  CTL_KIND_STORE },
+	{ "user", "disable", ctl_cmd_user_disable, 1, 1, 0, "user disable USER",
+	  CTL_KIND_STORE },
+	{ "user", "enable", ctl_cmd_user_enable, 1, 1, 0, "user enable USER",
+	  CTL_KIND_STORE },
 
-	{ "mailbox", "list", ctl_cmd_mailbox_list, 1, 1, 0, "mailbox list USER" },
+	{ "mailbox", "list", ctl_cmd_mailbox_list, 1, 1, 0, "mailbox list USER",
+	  CTL_KIND_STORE },
 	{ "mailbox", "create", ctl_cmd_mailbox_create, 2, 2, 0,
-	  "mailbox create USER NAME" },
+	  "mailbox create USER NAME",
+	  CTL_KIND_STORE },
 	{ "mailbox", "rename", ctl_cmd_mailbox_rename, 3, 3, 0,
-	  "mailbox rename USER OLD NEW" },
+	  "mailbox rename USER OLD NEW",
+	  CTL_KIND_STORE },
 	{ "mailbox", "delete", ctl_cmd_mailbox_delete, 2, 2, 0,
-	  "mailbox delete USER NAME" },
-	{ "mailbox", "del", ctl_cmd_mailbox_delete, 2, 2, 0, NULL },
+	  "mailbox delete USER NAME",
+	  CTL_KIND_STORE },
+	{ "mailbox", "del", ctl_cmd_mailbox_delete, 2, 2, 0, NULL,
+	  CTL_KIND_STORE },
 
 	{ "msg", "append", ctl_cmd_msg_append, 2, 2, CTL_OPT_FLAGS,
-	  "msg append USER MAILBOX [--flags '\\Seen,\\Flagged']   (body on stdin)" },
+	  "msg append USER MAILBOX [--flags '\\Seen,\\Flagged']   (body on stdin)",
+	  CTL_KIND_STORE },
 	{ "msg", "list", ctl_cmd_msg_list, 2, 3, CTL_OPT_PAGE_SIZE,
-	  "msg list USER MAILBOX [UIDSET] [--page-size N]" },
+	  "msg list USER MAILBOX [UIDSET] [--page-size N]",
+	  CTL_KIND_STORE },
 	{ "msg", "fetch", ctl_cmd_msg_fetch, 3, 3, 0,
-	  "msg fetch USER MAILBOX UID            (body to stdout)" },
+	  "msg fetch USER MAILBOX UID            (body to stdout)",
+	  CTL_KIND_STORE },
 	{ "msg", "flags", ctl_cmd_msg_flags, 4, -1, 0,
-	  "msg flags USER MAILBOX UIDSET add|remove|replace FLAGS..." },
+	  "msg flags USER MAILBOX UIDSET add|remove|replace FLAGS...",
+	  CTL_KIND_STORE },
 	{ "msg", "expunge", ctl_cmd_msg_expunge, 3, 3, 0,
-	  "msg expunge USER MAILBOX UIDSET" },
+	  "msg expunge USER MAILBOX UIDSET",
+	  CTL_KIND_STORE },
 	{ "msg", "copy", ctl_cmd_msg_copy, 4, 4, 0,
-	  "msg copy USER MAILBOX UIDSET DEST" },
+	  "msg copy USER MAILBOX UIDSET DEST",
+	  CTL_KIND_STORE },
 	{ "msg", "move", ctl_cmd_msg_move, 4, 4, 0,
-	  "msg move USER MAILBOX UIDSET DEST" },
+	  "msg move USER MAILBOX UIDSET DEST",
+	  CTL_KIND_STORE },
 
 	{ "watch", NULL, ctl_cmd_watch, 1, 1, CTL_OPT_COUNT | CTL_OPT_SECONDS,
-	  "watch USER [--count N] [--seconds S]" },
-	{ "node", "info", ctl_cmd_node_info, 0, 0, 0, "node info" },
+	  "watch USER [--count N] [--seconds S]",
+	  CTL_KIND_STORE },
+	{ "node", "info", ctl_cmd_node_info, 0, 0, 0,
+	  "node info                  (the --node, also with --etcd)",
+	  CTL_KIND_NODE },
+	{ "node", "drain", ctl_cmd_node_drain, 1, 1, 0,
+	  "node drain ID              (--etcd: move its shards away)",
+	  CTL_KIND_CLUSTER },
+	{ "node", "undrain", ctl_cmd_node_undrain, 1, 1, 0,
+	  "node undrain ID            (--etcd: cancel a drain)",
+	  CTL_KIND_CLUSTER },
+	{ "node", "remove", ctl_cmd_node_remove, 1, 1, 0,
+	  "node remove ID             (--etcd: once it holds no shard)",
+	  CTL_KIND_CLUSTER },
+	{ "cluster", "status", ctl_cmd_cluster_status, 0, 0, CTL_OPT_JSON,
+	  "cluster status [--json]    (--etcd)", CTL_KIND_CLUSTER },
 };
 
 static void ctl_print_usage(FILE *out)
@@ -99,12 +157,23 @@ static void ctl_print_usage(FILE *out)
 	size_t i;
 
 	fprintf(out,
-		"usage: merpatictl [--node HOST:PORT] [--timeout SECONDS] "
-		"[--verbose] COMMAND [ARGS...]\n"
+		"usage: merpatictl [--node HOST:PORT | --etcd ENDPOINTS "
+		"[--cluster NAME]]\n"
+		"                  [--timeout SECONDS] [--verbose] COMMAND "
+		"[ARGS...]\n"
 		"\n"
 		"  --node HOST:PORT   storage node to talk to (default: "
 		"$MERPATI_NODE)\n"
-		"  --timeout SECONDS  deadline of each call (default %d)\n"
+		"  --etcd ENDPOINTS   the cluster's etcd, HOST:PORT[,...] "
+		"(default: $MERPATI_ETCD\n"
+		"                     unless --node is given): each call goes "
+		"to the leader\n"
+		"                     of its shard; node info still uses "
+		"--node\n"
+		"  --cluster NAME     cluster in etcd (default: "
+		"$MERPATI_CLUSTER or \"default\")\n"
+		"  --timeout SECONDS  deadline of each call, retries included "
+		"(default %d)\n"
 		"\n"
 		"commands:\n", CTL_DEFAULT_TIMEOUT_S);
 	for (i = 0; i < sizeof ctl_commands / sizeof ctl_commands[0]; i++) {
@@ -119,7 +188,9 @@ static void ctl_print_usage(FILE *out)
 		"command line.\n"
 		"exit status: 0 ok, 1 usage, 2 not found, 3 already exists, "
 		"4 invalid argument,\n"
-		"             5 node unavailable, 6 other error\n");
+		"             5 node or etcd unavailable, 6 other error "
+		"(node remove: still\n"
+		"             holds shards)\n");
 }
 
 /* ------------------------------------------------------------ messages */
@@ -211,8 +282,8 @@ int ctl_rpc_error(struct ctl *c, const char *method, int err, const char *msg)
 	if (name == NULL)
 		name = "?";
 	if (ctl_exit_for(err) == CTL_EXIT_UNAVAIL) {
-		ctl_err(c, "%s on node %s: %s (%s)%s%s", method,
-			c->opt.node, ctl_err_words(err), name,
+		ctl_err(c, "%s on %s: %s (%s)%s%s", method,
+			ctl_target(c), ctl_err_words(err), name,
 			msg != NULL && *msg != '\0' ? ": " : "",
 			msg != NULL ? msg : "");
 	} else {
@@ -283,16 +354,31 @@ static int ctl_signals_start(void)
 
 /* --------------------------------------------------------------- calls */
 
+void ctl_rpc_start(struct ctl *c)
+{
+	if (!c->rpc_started) {
+		mp_rpc_init();
+		c->rpc_started = 1;
+	}
+}
+
+const char *ctl_target(const struct ctl *c)
+{
+	if (c->target[0] != '\0')
+		return c->target;
+	if (c->opt.node != NULL)
+		return c->opt.node;
+	return "?";
+}
+
 int ctl_connect(struct ctl *c)
 {
 	int err;
 
 	if (c->ch != NULL)
 		return CTL_EXIT_OK;
-	if (!c->rpc_started) {
-		mp_rpc_init();
-		c->rpc_started = 1;
-	}
+	ctl_rpc_start(c);
+	snprintf(c->target, sizeof c->target, "node %s", c->opt.node);
 	err = mp_rpc_channel_open(c->opt.node, MP_RPC_DEFAULT_MAX_MSG, &c->ch);
 	if (err != 0) {
 		ctl_err(c, "cannot open a channel to %s: %s", c->opt.node,
@@ -319,6 +405,8 @@ int ctl_call(struct ctl *c, const char *method, const ProtobufCMessage *req,
 			method);
 		return CTL_EXIT_ERROR;
 	}
+	if (c->opt.etcd != NULL)
+		return ctl_route_call(c, method, path, req, resp_desc, resp_r);
 	ret = ctl_connect(c);
 	if (ret != CTL_EXIT_OK)
 		return ret;
@@ -347,6 +435,8 @@ struct ctl_optdef {
 
 static const struct ctl_optdef ctl_optdefs[] = {
 	{ "node", 1, 0 },
+	{ "etcd", 1, 0 },
+	{ "cluster", 1, 0 },
 	{ "timeout", 1, 0 },
 	{ "verbose", 0, 0 },
 	{ "help", 0, 0 },
@@ -356,6 +446,7 @@ static const struct ctl_optdef ctl_optdefs[] = {
 	{ "count", 1, CTL_OPT_COUNT },
 	{ "seconds", 1, CTL_OPT_SECONDS },
 	{ "page-size", 1, CTL_OPT_PAGE_SIZE },
+	{ "json", 0, CTL_OPT_JSON },
 };
 
 /* Parses a whole number within [min, max]; 0 or MP_EINVAL. */
@@ -400,6 +491,14 @@ static int ctl_set_opt(struct ctl *c, const struct ctl_optdef *d,
 		c->opt.seen |= d->bit;
 	if (strcmp(d->name, "node") == 0) {
 		c->opt.node = value;
+		c->opt.node_given = 1;
+	} else if (strcmp(d->name, "etcd") == 0) {
+		c->opt.etcd = value;
+	} else if (strcmp(d->name, "cluster") == 0) {
+		c->opt.cluster = value;
+		c->opt.cluster_given = 1;
+	} else if (strcmp(d->name, "json") == 0) {
+		c->opt.json = 1;
 	} else if (strcmp(d->name, "timeout") == 0) {
 		if (ctl_parse_bounded(value, 1, CTL_MAX_TIMEOUT_S, &v) != 0) {
 			ctl_err(NULL, "--timeout: expected whole seconds "
@@ -557,11 +656,117 @@ static void ctl_print_group_usage(const char *group)
 	}
 }
 
+/* Endpoints: HOST:PORT[,HOST:PORT...], each checked as a node address. */
+static int ctl_check_endpoints(const char *s)
+{
+	char one[CTL_ENDPOINTS_MAX + 1];
+	size_t len = strlen(s), start = 0;
+
+	if (len == 0 || len > CTL_ENDPOINTS_MAX)
+		return MP_EINVAL;
+	while (start <= len) {
+		const char *comma = strchr(s + start, ',');
+		size_t end = comma != NULL ? (size_t)(comma - s) : len;
+
+		if (end == start)
+			return MP_EINVAL;
+		memcpy(one, s + start, end - start);
+		one[end - start] = '\0';
+		if (ctl_check_node(one) != 0)
+			return MP_EINVAL;
+		start = end + 1;
+	}
+	return 0;
+}
+
+/* A cluster name becomes part of every etcd key ("/merpati/NAME/"): the
+ * node id alphabet, so it can never reach outside its prefix. */
+static int ctl_check_cluster_name(const char *s)
+{
+	size_t len = strlen(s), i;
+
+	if (len == 0 || len > CTL_CLUSTER_NAME_MAX)
+		return MP_EINVAL;
+	for (i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)s[i];
+
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		      (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' ||
+		      ch == '-'))
+			return MP_EINVAL;
+	}
+	return strcmp(s, ".") == 0 || strcmp(s, "..") == 0 ? MP_EINVAL : 0;
+}
+
+static const char *ctl_env(const char *name)
+{
+	const char *v = getenv(name);
+
+	return v != NULL && *v != '\0' ? v : NULL;
+}
+
+/* Decides what the command talks to: --node / $MERPATI_NODE, or the
+ * cluster through --etcd / $MERPATI_ETCD. An --etcd on the command line
+ * always routes (--node then only serves node info); $MERPATI_ETCD routes
+ * unless --node was given, so "--node X" keeps meaning that node. Exit
+ * status. */
+static int ctl_resolve_targets(struct ctl *c, const struct ctl_command *cmd)
+{
+	if (c->opt.etcd == NULL && !c->opt.node_given)
+		c->opt.etcd = ctl_env("MERPATI_ETCD");
+	if (c->opt.cluster == NULL)
+		c->opt.cluster = ctl_env("MERPATI_CLUSTER");
+	if (c->opt.cluster == NULL)
+		c->opt.cluster = "default";
+	if (c->opt.node == NULL)
+		c->opt.node = ctl_env("MERPATI_NODE");
+
+	if (c->opt.cluster_given && c->opt.etcd == NULL)
+		return ctl_usage_error(c, "--cluster needs --etcd ENDPOINTS "
+				       "(or MERPATI_ETCD)");
+	if (cmd->kind == CTL_KIND_CLUSTER && c->opt.etcd == NULL)
+		return ctl_usage_error(c, "this command needs the cluster's "
+				       "etcd: use --etcd HOST:PORT[,...] or "
+				       "set MERPATI_ETCD");
+	if (c->opt.etcd != NULL) {
+		if (ctl_check_endpoints(c->opt.etcd) != 0) {
+			ctl_err(c, "bad etcd endpoints \"%s\": expected "
+				"HOST:PORT[,HOST:PORT...]", c->opt.etcd);
+			return CTL_EXIT_INVALID;
+		}
+		if (ctl_check_cluster_name(c->opt.cluster) != 0) {
+			ctl_err(c, "bad cluster name \"%s\": expected 1..%d "
+				"of A-Z a-z 0-9 _ . -", c->opt.cluster,
+				CTL_CLUSTER_NAME_MAX);
+			return CTL_EXIT_INVALID;
+		}
+	}
+	if (cmd->kind == CTL_KIND_NODE) {
+		/* One node's own numbers: routing has no say. */
+		c->opt.etcd = NULL;
+	}
+	if (cmd->kind == CTL_KIND_CLUSTER ||
+	    (cmd->kind == CTL_KIND_STORE && c->opt.etcd != NULL))
+		return CTL_EXIT_OK;
+
+	if (c->opt.node == NULL)
+		return ctl_usage_error(c, "no node given: use --node HOST:PORT "
+				       "or set MERPATI_NODE%s",
+				       cmd->kind == CTL_KIND_NODE ?
+				       " (also with --etcd: this command asks "
+				       "one node)" : " (or --etcd ENDPOINTS)");
+	if (ctl_check_node(c->opt.node) != 0) {
+		ctl_err(c, "bad node address \"%s\": expected HOST:PORT",
+			c->opt.node);
+		return CTL_EXIT_INVALID;
+	}
+	return CTL_EXIT_OK;
+}
+
 static int ctl_run(struct ctl *c, int argc, char **argv)
 {
 	char *pos[CTL_MAX_ARGS];
 	const struct ctl_command *cmd;
-	const char *env;
 	char what[64];
 	int npos = 0, used = 0, help = 0, ret;
 	unsigned extra;
@@ -630,22 +835,10 @@ static int ctl_run(struct ctl *c, int argc, char **argv)
 		return ret;
 	}
 
-	if (c->opt.node == NULL) {
-		env = getenv("MERPATI_NODE");
-		if (env != NULL && *env != '\0')
-			c->opt.node = env;
-	}
-	if (c->opt.node == NULL) {
-		ret = ctl_usage_error(c, "no node given: use --node HOST:PORT "
-				      "or set MERPATI_NODE");
+	ret = ctl_resolve_targets(c, cmd);
+	if (ret != CTL_EXIT_OK) {
 		c->what = NULL;
 		return ret;
-	}
-	if (ctl_check_node(c->opt.node) != 0) {
-		ctl_err(c, "bad node address \"%s\": expected HOST:PORT",
-			c->opt.node);
-		c->what = NULL;
-		return CTL_EXIT_INVALID;
 	}
 
 	ret = cmd->run(c, pos + used, npos);
@@ -678,6 +871,9 @@ int main(int argc, char **argv)
 
 	ret = ctl_run(&c, argc, argv);
 
+	/* The route's watch and channels before the client they use, all
+	 * before gRPC shuts down. */
+	ctl_cluster_close(&c);
 	mp_rpc_channel_close(&c.ch);
 	if (c.rpc_started)
 		mp_rpc_shutdown();

@@ -9,6 +9,14 @@
  *                 the acknowledged uid; uids, modseqs and counts are coherent.
  *   append-after  one more append per user gets a uid above every uid ever
  *                 acknowledged and a modseq above the mailbox's highest.
+ *   replicas-agree  every in-sync replica of every shard reports the same
+ *                 lsn and data digest (Replication.ShardDigest).
+ *
+ * With --etcd (a cluster) each call goes through mp_route to the leader of
+ * the user's shard and follows failovers within LC_ROUTE_TIMEOUT_MS; an
+ * append carries its token as request id, so a retry the route makes after
+ * a lost answer is applied once by a leader that deduplicates (a node that
+ * does not yet shows up in verify as a token stored twice).
  *
  * It must never log an append as acknowledged unless the node answered OK,
  * and never resend a token: an append whose answer was lost in the crash may
@@ -34,7 +42,11 @@
 #include "mailstore.pb-c.h"
 #include "mp_buf.h"
 #include "mp_error.h"
+#include "mp_etcd.h"
+#include "mp_route.h"
 #include "mp_rpc.h"
+#include "mp_shardmap.h"
+#include "replication.pb-c.h"
 
 #define LC_DOMAIN "load.test"
 #define LC_MAILBOX "INBOX"
@@ -53,6 +65,12 @@
 /* verify/append-after run right after a restart: a refused connection is
  * retried this many times, 100 ms apart. */
 #define LC_UNAVAIL_RETRIES 100
+/* --etcd: the budget of one routed call, failovers included. */
+#define LC_ROUTE_TIMEOUT_MS 15000
+#define LC_ETCD_TIMEOUT_MS 5000
+#define LC_DIGEST_TIMEOUT_MS 5000
+#define LC_AGREE_PAUSE_NS (200 * 1000 * 1000L)
+#define LC_CLUSTER_NAME_MAX 63
 
 /* ----------------------------------------------------------- helpers */
 
@@ -89,6 +107,14 @@ static int lc_random64(uint64_t *v_r)
 	return 0;
 }
 
+/* Where calls go: one node (ch), or the cluster (route over etcd). */
+struct lc_conn {
+	const char *node;            /* borrowed; NULL with --etcd */
+	struct mp_rpc_channel *ch;   /* owned; NULL with --etcd */
+	struct mp_etcd *etcd;        /* owned; --etcd only */
+	struct mp_route *route;      /* owned; --etcd only */
+};
+
 /* One blocking call by method name. */
 static int lc_call(struct mp_rpc_channel *ch, const char *method,
 		   const ProtobufCMessage *req,
@@ -106,16 +132,48 @@ static int lc_call(struct mp_rpc_channel *ch, const char *method,
 			   resp_r, error_r);
 }
 
-/* For verify/append-after: a node that was restarted a moment ago may still
- * refuse connections, which is not what is being tested. Only UNAVAILABLE is
- * retried: it means the request did not reach a running node. */
-static int lc_call_retry(struct mp_rpc_channel *ch, const char *method,
-			 const ProtobufCMessage *req,
+/* One call to the leader of user's shard; mp_route retries NOT_LEADER and
+ * UNAVAILABLE (failovers) within LC_ROUTE_TIMEOUT_MS. */
+static int lc_call_route(struct mp_route *rt, const char *user,
+			 const char *method, const ProtobufCMessage *req,
 			 const ProtobufCMessageDescriptor *resp_desc,
 			 ProtobufCMessage **resp_r, char **error_r)
 {
+	const char *why = NULL;
+	char path[128];
+	uint32_t shard;
+	int ret;
+
+	*resp_r = NULL;
+	*error_r = NULL;
+	if (mp_rpc_method_path(&merpati__v1__mail_store__descriptor, method,
+			       path, sizeof(path)) == NULL)
+		return MP_EINVAL;
+	ret = mp_route_shard_of(rt, user, &shard, &why);
+	if (ret < 0) {
+		if (why != NULL)
+			*error_r = strdup(why);
+		return ret;
+	}
+	return mp_route_call(rt, shard, path, req, resp_desc,
+			     LC_ROUTE_TIMEOUT_MS, resp_r, error_r);
+}
+
+/* For verify/append-after: a node that was restarted a moment ago may still
+ * refuse connections, which is not what is being tested. Only UNAVAILABLE is
+ * retried: it means the request did not reach a running node. Through a
+ * route, the route does the retrying (and follows a new leader). */
+static int lc_call_retry(struct lc_conn *cn, const char *user,
+			 const char *method, const ProtobufCMessage *req,
+			 const ProtobufCMessageDescriptor *resp_desc,
+			 ProtobufCMessage **resp_r, char **error_r)
+{
+	struct mp_rpc_channel *ch = cn->ch;
 	int ret = MP_EUNAVAIL;
 
+	if (cn->route != NULL)
+		return lc_call_route(cn->route, user, method, req, resp_desc,
+				     resp_r, error_r);
 	for (int i = 0; i < LC_UNAVAIL_RETRIES; i++) {
 		ret = lc_call(ch, method, req, resp_desc, resp_r, error_r);
 		if (ret != MP_EUNAVAIL)
@@ -229,7 +287,8 @@ static int lc_find_token(const uint8_t *data, size_t len, char *out,
 /* ------------------------------------------------------------- load */
 
 struct lc_load {
-	const char *node;            /* borrowed */
+	const char *node;            /* borrowed; NULL with a route */
+	struct mp_route *route;      /* borrowed; NULL: one node (ch) */
 	/* Shared by the threads (gRPC channels are thread-safe); replaced
 	 * under the write lock by lc_reconnect, used under the read lock. */
 	struct mp_rpc_channel *ch;   /* owned */
@@ -354,6 +413,22 @@ static void *lc_load_thread(void *arg)
 		req.mailbox = (char *)LC_MAILBOX;
 		req.body.data = (uint8_t *)body.data;
 		req.body.len = body.len;
+		/* The token is unique per attempt: the request id that lets
+		 * the leader apply a retry of the route's once. */
+		req.request_id = token;
+		if (load->route != NULL) {
+			ret = lc_call_route(load->route, user, "Append",
+					    &req.base,
+					    &merpati__v1__append_reply__descriptor,
+					    &resp, &error);
+			if (ret < 0) {
+				lc_load_error(load, w->idx, ret, error);
+				free(error);
+				lc_sleep_ns(LC_RETRY_PAUSE_NS);
+				continue;
+			}
+			goto acked;
+		}
 		if (pthread_rwlock_rdlock(&load->ch_lock) != 0) {
 			atomic_store(&load->fatal, 1);
 			break;
@@ -374,6 +449,7 @@ static void *lc_load_thread(void *arg)
 			lc_sleep_ns(LC_RETRY_PAUSE_NS);
 			continue;
 		}
+	acked:
 		rep = (Merpati__V1__AppendReply *)resp;
 		n = snprintf(line, sizeof(line), "%s %" PRIu32 " %" PRIu32 " %s\n",
 			     user, rep->uid, rep->uidvalidity, token);
@@ -391,17 +467,18 @@ static void *lc_load_thread(void *arg)
 	return NULL;
 }
 
-static int lc_cmd_load(struct mp_rpc_channel **ch, const char *node,
-		       int users, int threads,
+static int lc_cmd_load(struct lc_conn *cn, int users, int threads,
 		       int seconds, uint64_t max_appends, const char *acklog,
 		       size_t size)
 {
+	struct mp_rpc_channel **ch = &cn->ch;
 	struct lc_load load;
 	struct lc_worker *workers;
 	int started = 0, ret = 0;
 
 	memset(&load, 0, sizeof(load));
-	load.node = node;
+	load.node = cn->node;
+	load.route = cn->route;
 	load.users = users;
 	load.size = size;
 	load.max_appends = max_appends;
@@ -662,7 +739,7 @@ static int lc_msg_cmp_token(const void *x, const void *y)
 	return a->uid < b->uid ? -1 : a->uid > b->uid;
 }
 
-static int lc_status(struct mp_rpc_channel *ch, const char *user,
+static int lc_status(struct lc_conn *cn, const char *user,
 		     Merpati__V1__StatusReply **st_r, struct lc_verify *v)
 {
 	Merpati__V1__StatusRequest req = MERPATI__V1__STATUS_REQUEST__INIT;
@@ -672,7 +749,7 @@ static int lc_status(struct mp_rpc_channel *ch, const char *user,
 
 	req.user = (char *)user;
 	req.name = (char *)LC_MAILBOX;
-	ret = lc_call_retry(ch, "Status", &req.base,
+	ret = lc_call_retry(cn, user, "Status", &req.base,
 			    &merpati__v1__status_reply__descriptor, &resp,
 			    &error);
 	if (ret < 0) {
@@ -693,7 +770,7 @@ static int lc_status(struct mp_rpc_channel *ch, const char *user,
 
 /* Reads the whole INBOX index of user, page by page, and the token of every
  * message. */
-static int lc_read_mailbox(struct mp_rpc_channel *ch, const char *user,
+static int lc_read_mailbox(struct lc_conn *cn, const char *user,
 			   struct lc_msg **msgs_r, size_t *n_r,
 			   Merpati__V1__FetchIndexReply *last_r,
 			   struct lc_verify *v)
@@ -723,7 +800,7 @@ static int lc_read_mailbox(struct mp_rpc_channel *ch, const char *user,
 		req.mailbox = (char *)LC_MAILBOX;
 		req.uid_set = set;
 		req.limit = LC_INDEX_PAGE;
-		ret = lc_call_retry(ch, "FetchIndex", &req.base,
+		ret = lc_call_retry(cn, user, "FetchIndex", &req.base,
 				    &merpati__v1__fetch_index_reply__descriptor,
 				    &resp, &error);
 		if (ret < 0) {
@@ -788,7 +865,7 @@ static int lc_read_mailbox(struct mp_rpc_channel *ch, const char *user,
 		req.uid = msgs[i].uid;
 		req.offset = 0;
 		req.length = LC_BODY_PREFIX;
-		r = lc_call_retry(ch, "FetchBody", &req.base,
+		r = lc_call_retry(cn, user, "FetchBody", &req.base,
 				  &merpati__v1__fetch_body_reply__descriptor,
 				  &resp, &error);
 		if (r < 0) {
@@ -822,7 +899,7 @@ static int lc_read_mailbox(struct mp_rpc_channel *ch, const char *user,
 }
 
 /* Checks one user's mailbox against its acks a[0..na) (log order). */
-static void lc_verify_user(struct mp_rpc_channel *ch, struct lc_ack *a,
+static void lc_verify_user(struct lc_conn *cn, struct lc_ack *a,
 			   size_t na, struct lc_verify *v)
 {
 	const char *user = a[0].user;
@@ -837,10 +914,10 @@ static void lc_verify_user(struct mp_rpc_channel *ch, struct lc_ack *a,
 
 	v->users++;
 	v->acked += na;
-	if (lc_status(ch, user, &st, v) < 0)
+	if (lc_status(cn, user, &st, v) < 0)
 		return;
 	mb = st->mailbox;
-	if (lc_read_mailbox(ch, user, &msgs, &n, &last, v) < 0)
+	if (lc_read_mailbox(cn, user, &msgs, &n, &last, v) < 0)
 		goto out;
 	v->present += n;
 
@@ -964,7 +1041,7 @@ out:
 	lc_free_msg((ProtobufCMessage **)&st);
 }
 
-static int lc_cmd_verify(struct mp_rpc_channel *ch, const char *acklog)
+static int lc_cmd_verify(struct lc_conn *cn, const char *acklog)
 {
 	struct lc_acklog log;
 	struct lc_verify v;
@@ -978,7 +1055,7 @@ static int lc_cmd_verify(struct mp_rpc_channel *ch, const char *acklog)
 		size_t j = i + 1;
 		while (j < log.n && strcmp(log.a[j].user, log.a[i].user) == 0)
 			j++;
-		lc_verify_user(ch, &log.a[i], j - i, &v);
+		lc_verify_user(cn, &log.a[i], j - i, &v);
 		i = j;
 	}
 	lc_acklog_free(&log);
@@ -998,7 +1075,7 @@ static int lc_cmd_verify(struct mp_rpc_channel *ch, const char *acklog)
 
 /* ------------------------------------------------------ append-after */
 
-static int lc_cmd_append_after(struct mp_rpc_channel *ch, const char *acklog)
+static int lc_cmd_append_after(struct lc_conn *cn, const char *acklog)
 {
 	struct lc_acklog log;
 	struct lc_verify v;
@@ -1028,7 +1105,7 @@ static int lc_cmd_append_after(struct mp_rpc_channel *ch, const char *acklog)
 			j++;
 		}
 		v.users++;
-		if (lc_status(ch, user, &st, &v) < 0)
+		if (lc_status(cn, user, &st, &v) < 0)
 			goto next;
 		hms_before = st->mailbox->highestmodseq;
 		uidnext_before = st->mailbox->uidnext;
@@ -1044,7 +1121,8 @@ static int lc_cmd_append_after(struct mp_rpc_channel *ch, const char *acklog)
 		req.mailbox = (char *)LC_MAILBOX;
 		req.body.data = (uint8_t *)body.data;
 		req.body.len = body.len;
-		ret = lc_call_retry(ch, "Append", &req.base,
+		req.request_id = token;
+		ret = lc_call_retry(cn, user, "Append", &req.base,
 				    &merpati__v1__append_reply__descriptor,
 				    &resp, &error);
 		if (ret < 0) {
@@ -1091,15 +1169,160 @@ static int lc_cmd_append_after(struct mp_rpc_channel *ch, const char *acklog)
 	return 0;
 }
 
+/* ---------------------------------------------------- replicas-agree */
+
+/* What one in-sync replica said about a shard. */
+struct lc_digest {
+	char id[MP_NODE_ID_MAX + 1];
+	int err;                     /* 0: the fields below are valid */
+	char why[160];               /* when err != 0 */
+	uint64_t epoch, lsn, keys;
+	uint8_t sha[32];
+};
+
+/* Asks every ISR member of shard for its digest (as the map says now).
+ * 1 when all answered alike, 0 when not (d[0..*n_r) says why). */
+static int lc_shard_digests(struct mp_route *rt, uint32_t shard,
+			    const char *path, struct lc_digest *d, size_t *n_r,
+			    char *why, size_t whylen)
+{
+	struct mp_shardmap *map = mp_route_map(rt);
+	struct mp_shard_rec rec;
+	int agree = 1;
+
+	*n_r = 0;
+	if (mp_shardmap_get_shard(map, shard, &rec, NULL) < 0) {
+		snprintf(why, whylen, "no shard record");
+		return 0;
+	}
+	why[0] = '\0';
+	for (size_t i = 0; i < rec.n_isr; i++) {
+		Merpati__Repl__V1__ShardDigestRequest req =
+			MERPATI__REPL__V1__SHARD_DIGEST_REQUEST__INIT;
+		Merpati__Repl__V1__ShardDigestReply *rep = NULL;
+		struct lc_digest *x = &d[(*n_r)++];
+		char addr[MP_ADDR_MAX + 1], *msg = NULL;
+
+		memset(x, 0, sizeof(*x));
+		memcpy(x->id, rec.isr[i], sizeof(x->id));
+		if (mp_shardmap_node_addr(map, rec.isr[i], addr) < 0) {
+			x->err = MP_ENOENT;
+			snprintf(x->why, sizeof(x->why), "no live node record");
+			agree = 0;
+			continue;
+		}
+		req.shard = shard;
+		x->err = mp_route_call_node(rt, addr, path, &req.base,
+					    &merpati__repl__v1__shard_digest_reply__descriptor,
+					    LC_DIGEST_TIMEOUT_MS,
+					    (ProtobufCMessage **)&rep, &msg);
+		if (x->err == 0 && (rep == NULL || rep->sha256.len != 32)) {
+			x->err = MP_EPROTO;
+			msg = msg != NULL ? msg : strdup("no 32-byte sha256");
+		}
+		if (x->err < 0) {
+			snprintf(x->why, sizeof(x->why), "%s: %s",
+				 mp_strerror(x->err), msg == NULL ? "" : msg);
+			free(msg);
+			if (rep != NULL)
+				protobuf_c_message_free_unpacked(&rep->base, NULL);
+			agree = 0;
+			continue;
+		}
+		free(msg);
+		x->epoch = rep->epoch;
+		x->lsn = rep->lsn;
+		x->keys = rep->keys;
+		memcpy(x->sha, rep->sha256.data, 32);
+		protobuf_c_message_free_unpacked(&rep->base, NULL);
+		if (x->lsn != d[0].lsn || memcmp(x->sha, d[0].sha, 32) != 0)
+			agree = 0;
+	}
+	if (*n_r > 0 && d[0].err < 0)
+		agree = 0;
+	return agree;
+}
+
+/* One line per member of a shard that did not agree in time. */
+static void lc_print_mismatch(uint32_t s, const struct lc_digest *d, size_t n,
+			      const char *why)
+{
+	if (n == 0)
+		printf("MISMATCH shard=%" PRIu32 " %s\n", s, why);
+	for (size_t i = 0; i < n; i++) {
+		if (d[i].err < 0) {
+			printf("MISMATCH shard=%" PRIu32 " node=%s error=%s\n", s,
+			       d[i].id, d[i].why);
+			continue;
+		}
+		printf("MISMATCH shard=%" PRIu32 " node=%s epoch=%" PRIu64
+		       " lsn=%" PRIu64 " keys=%" PRIu64
+		       " digest=%02x%02x%02x%02x%02x%02x\n", s, d[i].id,
+		       d[i].epoch, d[i].lsn, d[i].keys, d[i].sha[0], d[i].sha[1],
+		       d[i].sha[2], d[i].sha[3], d[i].sha[4], d[i].sha[5]);
+	}
+}
+
+static int lc_cmd_replicas_agree(struct lc_conn *cn, int timeout_s)
+{
+	struct mp_shardmap *map = mp_route_map(cn->route);
+	char path[128];
+	uint32_t nshards, bad = 0;
+
+	if (mp_rpc_method_path(&merpati__repl__v1__replication__descriptor,
+			       "ShardDigest", path, sizeof(path)) == NULL) {
+		fprintf(stderr, "replicas-agree: no ShardDigest method\n");
+		return 1;
+	}
+	pthread_mutex_lock(&map->mu);
+	nshards = map->config.shards;
+	pthread_mutex_unlock(&map->mu);
+	if (nshards == 0) {
+		printf("replicas-agree FAILED: the cluster has no shards\n");
+		return 1;
+	}
+	for (uint32_t s = 0; s < nshards; s++) {
+		struct lc_digest d[MP_REPLICAS_MAX];
+		int64_t deadline = lc_now_ns() + (int64_t)timeout_s * 1000000000;
+		char why[64];
+		size_t n = 0;
+
+		/* Writes in flight reach the members one after another, and
+		 * a follower catching up lags for a while: compare again
+		 * (with the map re-read) until they meet or time is up. */
+		while (!lc_shard_digests(cn->route, s, path, d, &n, why,
+					 sizeof(why))) {
+			if (lc_now_ns() >= deadline) {
+				lc_print_mismatch(s, d, n, why);
+				bad++;
+				break;
+			}
+			lc_sleep_ns(LC_AGREE_PAUSE_NS);
+			(void)mp_route_refresh(cn->route);
+		}
+	}
+	if (bad > 0) {
+		printf("replicas DISAGREE shards=%" PRIu32 " mismatched=%" PRIu32
+		       "\n", nshards, bad);
+		return 1;
+	}
+	printf("replicas agree shards=%" PRIu32 "\n", nshards);
+	return 0;
+}
+
 /* -------------------------------------------------------------- main */
 
 static void lc_usage(void)
 {
 	fprintf(stderr,
-		"usage: mp-loadclient load --node ADDR --users N --threads T"
+		"usage: mp-loadclient load TARGET --users N --threads T"
 		" --seconds S --max-appends M --acklog FILE [--size BYTES]\n"
-		"       mp-loadclient verify --node ADDR --acklog FILE\n"
-		"       mp-loadclient append-after --node ADDR --acklog FILE\n");
+		"       mp-loadclient verify TARGET --acklog FILE\n"
+		"       mp-loadclient append-after TARGET --acklog FILE\n"
+		"       mp-loadclient replicas-agree --etcd ENDPOINTS"
+		" [--cluster NAME] [--timeout S]\n"
+		"TARGET: --node ADDR, or --etcd ENDPOINTS [--cluster NAME]"
+		" (calls go to each user's shard leader)\n");
 }
 
 static int lc_parse_num(const char *opt, const char *s, unsigned long long lo,
@@ -1119,10 +1342,61 @@ static int lc_parse_num(const char *opt, const char *s, unsigned long long lo,
 	return 0;
 }
 
+/* --etcd: the etcd client on the cluster's prefix and a route over it,
+ * with the cluster's config known. 0, or 1 after printing why. */
+static int lc_open_cluster(struct lc_conn *cn, const char *etcd,
+			   const char *cluster)
+{
+	struct mp_route_opts o;
+	char prefix[128], *error = NULL;
+	size_t len = strlen(cluster);
+	uint32_t nshards;
+	int ret;
+
+	if (len == 0 || len > LC_CLUSTER_NAME_MAX ||
+	    strspn(cluster, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		   "0123456789_.-") != len) {
+		fprintf(stderr, "mp-loadclient: bad --cluster name \"%s\"\n",
+			cluster);
+		return 1;
+	}
+	snprintf(prefix, sizeof(prefix), "/merpati/%s/", cluster);
+	ret = mp_etcd_open(etcd, prefix, LC_ETCD_TIMEOUT_MS, &cn->etcd, &error);
+	if (ret < 0) {
+		fprintf(stderr, "mp-loadclient: etcd %s: %s: %s\n", etcd,
+			mp_strerror(ret), error == NULL ? "" : error);
+		free(error);
+		cn->etcd = NULL;
+		return 1;
+	}
+	memset(&o, 0, sizeof(o));
+	o.timeout_ms = LC_ROUTE_TIMEOUT_MS;
+	ret = mp_route_open(cn->etcd, &o, &cn->route, &error);
+	if (ret < 0) {
+		fprintf(stderr, "mp-loadclient: cluster %s at %s: %s\n", cluster,
+			etcd, error == NULL ? mp_strerror(ret) : error);
+		free(error);
+		cn->route = NULL;
+		return 1;
+	}
+	pthread_mutex_lock(&mp_route_map(cn->route)->mu);
+	nshards = mp_route_map(cn->route)->config.shards;
+	pthread_mutex_unlock(&mp_route_map(cn->route)->mu);
+	if (nshards == 0) {
+		fprintf(stderr, "mp-loadclient: etcd %s has no cluster \"%s\" "
+			"(no %sconfig)\n", etcd, cluster, prefix);
+		return 1;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "node", required_argument, NULL, 'n' },
+		{ "etcd", required_argument, NULL, 'e' },
+		{ "cluster", required_argument, NULL, 'c' },
+		{ "timeout", required_argument, NULL, 'o' },
 		{ "users", required_argument, NULL, 'u' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "seconds", required_argument, NULL, 's' },
@@ -1131,12 +1405,14 @@ int main(int argc, char **argv)
 		{ "size", required_argument, NULL, 'z' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *cmd, *node = NULL, *acklog = NULL;
+	const char *cmd, *node = NULL, *acklog = NULL, *etcd = NULL;
+	const char *cluster = "default";
 	unsigned long long users = 0, threads = 0, seconds = 0, max = 0;
-	unsigned long long size = 2048;
-	struct mp_rpc_channel *ch = NULL;
-	int c, ret;
+	unsigned long long size = 2048, timeout = 20;
+	struct lc_conn cn;
+	int c, ret, agree;
 
+	memset(&cn, 0, sizeof(cn));
 	if (argc < 2) {
 		lc_usage();
 		return 2;
@@ -1145,7 +1421,13 @@ int main(int argc, char **argv)
 	while ((c = getopt_long(argc - 1, argv + 1, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 'n': node = optarg; break;
+		case 'e': etcd = optarg; break;
+		case 'c': cluster = optarg; break;
 		case 'a': acklog = optarg; break;
+		case 'o':
+			if (lc_parse_num("timeout", optarg, 1, 3600, &timeout) < 0)
+				return 2;
+			break;
 		case 'u':
 			if (lc_parse_num("users", optarg, 1, 1000000, &users) < 0)
 				return 2;
@@ -1173,7 +1455,11 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind + 1 != argc || node == NULL || acklog == NULL) {
+	agree = strcmp(cmd, "replicas-agree") == 0;
+	/* Exactly one target; replicas-agree asks every replica, so it
+	 * needs the cluster. */
+	if (optind + 1 != argc || (node == NULL) == (etcd == NULL) ||
+	    (agree ? node != NULL || acklog != NULL : acklog == NULL)) {
 		lc_usage();
 		return 2;
 	}
@@ -1183,27 +1469,42 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (strcmp(cmd, "load") != 0 && strcmp(cmd, "verify") != 0 &&
-	    strcmp(cmd, "append-after") != 0) {
+	    strcmp(cmd, "append-after") != 0 && !agree) {
 		lc_usage();
 		return 2;
 	}
 
 	mp_rpc_init();
-	if ((ret = mp_rpc_channel_open(node, MP_RPC_DEFAULT_MAX_MSG, &ch)) < 0) {
-		fprintf(stderr, "mp-loadclient: cannot open a channel to %s: %s\n",
-			node, mp_strerror(ret));
-		mp_rpc_shutdown();
-		return 1;
+	if (etcd != NULL) {
+		ret = lc_open_cluster(&cn, etcd, cluster);
+		if (ret != 0)
+			goto out;
+	} else {
+		cn.node = node;
+		ret = mp_rpc_channel_open(node, MP_RPC_DEFAULT_MAX_MSG, &cn.ch);
+		if (ret < 0) {
+			fprintf(stderr, "mp-loadclient: cannot open a channel to"
+				" %s: %s\n", node, mp_strerror(ret));
+			cn.ch = NULL;
+			ret = 1;
+			goto out;
+		}
 	}
 	if (strcmp(cmd, "load") == 0)
-		ret = lc_cmd_load(&ch, node, (int)users, (int)threads, (int)seconds,
+		ret = lc_cmd_load(&cn, (int)users, (int)threads, (int)seconds,
 				  max, acklog, (size_t)size);
 	else if (strcmp(cmd, "verify") == 0)
-		ret = lc_cmd_verify(ch, acklog);
+		ret = lc_cmd_verify(&cn, acklog);
+	else if (strcmp(cmd, "append-after") == 0)
+		ret = lc_cmd_append_after(&cn, acklog);
 	else
-		ret = lc_cmd_append_after(ch, acklog);
+		ret = lc_cmd_replicas_agree(&cn, (int)timeout);
+out:
 	(void)fflush(stdout);
-	mp_rpc_channel_close(&ch);
+	/* The route's watch uses the etcd client: route first. */
+	mp_route_close(&cn.route);
+	mp_etcd_close(&cn.etcd);
+	mp_rpc_channel_close(&cn.ch);
 	mp_rpc_shutdown();
 	return ret;
 }

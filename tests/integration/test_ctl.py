@@ -63,7 +63,8 @@ def ctl_bin():
 
 def clean_env():
     env = dict(os.environ)
-    env.pop("MERPATI_NODE", None)
+    for k in ("MERPATI_NODE", "MERPATI_ETCD", "MERPATI_CLUSTER"):
+        env.pop(k, None)
     return env
 
 
@@ -196,7 +197,9 @@ def test_help_and_usage_errors():
                 "user quota", "user disable", "user enable", "mailbox list",
                 "mailbox create", "mailbox rename", "mailbox delete",
                 "msg append", "msg list", "msg fetch", "msg flags",
-                "msg expunge", "msg copy", "msg move", "watch", "node info"):
+                "msg expunge", "msg copy", "msg move", "watch", "node info",
+                "node drain", "node undrain", "node remove",
+                "cluster status", "--etcd", "--cluster"):
         assert cmd in text, f"help lacks {cmd!r}"
 
     r = bare()
