@@ -218,6 +218,19 @@ static int replica_index(const struct mp_shard_rec *rec, const char *id)
 	return -1;
 }
 
+/* Does the replica's log agree with ours at its last lsn? A replica that
+ * holds a record we do not (written by a deposed leader, never
+ * acknowledged) must be re-seeded, never counted in sync. */
+static bool same_history(struct repl *r, uint32_t shard, uint64_t lsn, uint64_t epoch)
+{
+	uint64_t mine;
+	if (lsn == 0)
+		return true;
+	if (store_log_epoch(r->st, shard, lsn, &mine) < 0)
+		return false; /* trimmed or absent: cannot tell, so no */
+	return mine == epoch;
+}
+
 /* Blocking: records [from, to) of shard from the log, then extra. */
 static int send_catchup(struct repl *r, const char *addr, uint32_t shard, uint64_t epoch,
 			uint64_t from, const struct store_rec *extra, size_t n_extra,
@@ -280,6 +293,7 @@ static int send_catchup(struct repl *r, const char *addr, uint32_t shard, uint64
 	ack_out->code = rep->acks[0]->code;
 	ack_out->epoch = rep->acks[0]->epoch;
 	ack_out->last_lsn = rep->acks[0]->last_lsn;
+	ack_out->last_epoch = rep->acks[0]->last_epoch;
 	protobuf_c_message_free_unpacked(resp, NULL);
 	return 0;
 }
@@ -420,7 +434,8 @@ void repl_hook(void *arg, const struct store_rec *recs, size_t n, int *result)
 				ru->fenced = true;
 				continue;
 			}
-			if (have && ack.code == GRPC_OUT_OF_RANGE && ack.last_lsn < recs[ru->first].lsn) {
+			if (have && ack.code == GRPC_OUT_OF_RANGE && ack.last_lsn < recs[ru->first].lsn &&
+			    same_history(r, ru->shard, ack.last_lsn, ack.last_epoch)) {
 				/* Behind: send the missing records and these. */
 				Merpati__Repl__V1__ShardAck a2 = MERPATI__REPL__V1__SHARD_ACK__INIT;
 				int ret = send_catchup(r, pe->addr, ru->shard, ru->epoch, ack.last_lsn + 1,
@@ -488,6 +503,7 @@ struct rep_call {
 
 struct rep_slot {
 	struct rep_call *rc;
+	struct repl *r;
 	size_t i;
 };
 
@@ -512,6 +528,8 @@ static void apply_done(int err, const char *msg, uint64_t epoch, uint64_t last, 
 	a->code = (uint32_t)mp_err_to_grpc(err);
 	a->epoch = epoch;
 	a->last_lsn = last;
+	if (last > 0 && store_log_epoch(s->r->st, a->shard, last, &a->last_epoch) < 0)
+		a->last_epoch = 0;
 	if (err < 0 && msg != NULL) {
 		rc->errors[s->i] = strdup(msg);
 		a->error = rc->errors[s->i] ? rc->errors[s->i] : (char *)"";
@@ -567,9 +585,13 @@ static void h_replicate(struct mp_rpc_call *call, const ProtobufCMessage *req, v
 		if (sr->n_records == 0) {
 			enum store_role role;
 			store_get_pos(r->st, sr->shard, &role, &a->epoch, &a->last_lsn);
+			if (a->last_lsn > 0 &&
+			    store_log_epoch(r->st, sr->shard, a->last_lsn, &a->last_epoch) < 0)
+				a->last_epoch = 0;
 			continue;
 		}
 		rc->slots[i].rc = rc;
+		rc->slots[i].r = r;
 		rc->slots[i].i = i;
 		pthread_mutex_lock(&rc->mu);
 		rc->pending++;
@@ -654,7 +676,39 @@ static void h_shard_digest(struct mp_rpc_call *call, const ProtobufCMessage *req
 	mp_rpc_reply(call, &rep.base, 0, NULL);
 }
 
+static void h_read_log(struct mp_rpc_call *call, const ProtobufCMessage *req, void *ctx)
+{
+	struct repl *r = ctx;
+	const Merpati__Repl__V1__ReadLogRequest *q = (const void *)req;
+	Merpati__Repl__V1__ReadLogReply rep = MERPATI__REPL__V1__READ_LOG_REPLY__INIT;
+	struct store_log log;
+	enum store_role role;
+	uint64_t epoch;
+	if (q->shard >= store_shard_count(r->st)) {
+		mp_rpc_reply(call, NULL, MP_EINVAL, "no such shard");
+		return;
+	}
+	store_get_pos(r->st, q->shard, &role, &epoch, &rep.last_lsn);
+	size_t max = q->max_bytes ? q->max_bytes : (1u << 20);
+	if (max > (8u << 20))
+		max = 8u << 20;
+	int ret = q->from_lsn > rep.last_lsn ? MP_ESTALE
+					     : store_read_log(r->st, q->shard, q->from_lsn, max, &log);
+	if (ret < 0) {
+		if (ret == MP_ESTALE && q->from_lsn > rep.last_lsn)
+			mp_rpc_reply(call, &rep.base, 0, NULL);   /* nothing newer */
+		else
+			mp_rpc_reply(call, NULL, ret, "log does not reach back that far");
+		return;
+	}
+	rep.records = log.recs;
+	rep.n_records = log.n;
+	mp_rpc_reply(call, &rep.base, 0, NULL);
+	store_log_free(&log);
+}
+
 static const struct mp_rpc_method methods[] = {
+	{ "ReadLog", h_read_log, 0 },
 	{ "ShardDigest", h_shard_digest, 0 },
 	{ "Replicate", h_replicate, 0 },
 	{ "ShardState", h_shard_state, 0 },
@@ -727,6 +781,10 @@ static void catch_up(struct repl *r, uint32_t shard, const struct mp_shard_rec *
 			warn_snapshot(r, shard, id, "replica is ahead of the leader");
 			return;
 		}
+		if (!same_history(r, shard, ack.last_lsn, ack.last_epoch)) {
+			warn_snapshot(r, shard, id, "replica's log diverged from the leader's");
+			return;
+		}
 		if (ack.last_lsn == my_lsn) {
 			pthread_mutex_lock(&r->join_mu);
 			bool pending = r->join_pending[shard];
@@ -777,6 +835,65 @@ static void catch_up(struct repl *r, uint32_t shard, const struct mp_shard_rec *
 	}
 }
 
+static void take_done(int err, const char *msg, uint64_t epoch, uint64_t last, void *arg)
+{
+	(void)msg;
+	(void)epoch;
+	(void)last;
+	*(int *)arg = err;
+}
+
+/* A new leader may be behind an in-sync follower: the deposed leader's
+ * last group can have reached some followers and not us. Those records
+ * were never acknowledged, but they are in a replica's state now and
+ * cannot be undone there, so the new leader adopts them (Raft's "longest
+ * log" among the in-sync set) before it serves. */
+static void take_longest_log(struct repl *r, uint32_t shard, const struct mp_shard_rec *rec)
+{
+	char path[128];
+	if (mp_rpc_method_path(&merpati__repl__v1__replication__descriptor, "ReadLog", path,
+			       sizeof(path)) == NULL)
+		return;
+	for (size_t i = 0; i < rec->n_isr; i++) {
+		char addr[MP_ADDR_MAX + 1];
+		if (strcmp(rec->isr[i], r->node_id) == 0 ||
+		    mp_shardmap_node_addr(r->map, rec->isr[i], addr) < 0)
+			continue;
+		for (int round = 0; round < 16; round++) {
+			enum store_role role;
+			uint64_t ep, lsn;
+			store_get_pos(r->st, shard, &role, &ep, &lsn);
+			Merpati__Repl__V1__ReadLogRequest q = MERPATI__REPL__V1__READ_LOG_REQUEST__INIT;
+			q.shard = shard;
+			q.from_lsn = lsn + 1;
+			ProtobufCMessage *resp = NULL;
+			char *error = NULL;
+			struct mp_rpc_channel *ch = chan_get(r, addr);
+			int ret = ch == NULL ? MP_EUNAVAIL
+					     : mp_rpc_call(ch, path, &q.base,
+							   &merpati__repl__v1__read_log_reply__descriptor,
+							   1000, &resp, &error);
+			free(error);
+			if (ret < 0)
+				break;
+			Merpati__Repl__V1__ReadLogReply *rep = (void *)resp;
+			if (rep->n_records == 0) {
+				protobuf_c_message_free_unpacked(resp, NULL);
+				break;
+			}
+			struct apply_wait_s { int err; } aw = { 0 };
+			ret = store_apply(r->st, shard, rec->epoch, rep->records, rep->n_records,
+					  take_done, &aw);
+			mp_log_info("repl_took_records", "shard=%u from=%s records=%zu err=%s",
+				    shard, rec->isr[i], rep->n_records,
+				    mp_strerror(ret < 0 ? ret : aw.err));
+			protobuf_c_message_free_unpacked(resp, NULL);
+			if (ret < 0 || aw.err < 0)
+				break;
+		}
+	}
+}
+
 void repl_tick(struct repl *r)
 {
 	uint32_t nshards;
@@ -795,6 +912,17 @@ void repl_tick(struct repl *r)
 		enum store_role role = strcmp(rec.leader, r->node_id) == 0 ? STORE_ROLE_LEADER
 				       : mp_shard_rec_has_replica(&rec, r->node_id) ? STORE_ROLE_FOLLOWER
 				       : STORE_ROLE_NONE;
+		if (role == STORE_ROLE_LEADER) {
+			enum store_role have;
+			uint64_t ep, lsn;
+			store_get_pos(r->st, s, &have, &ep, &lsn);
+			if (have != STORE_ROLE_LEADER || ep < rec.epoch) {
+				/* Taking over: fence the old epoch first, then take
+				 * whatever an in-sync replica holds beyond us. */
+				store_set_role(r->st, s, STORE_ROLE_FOLLOWER, rec.epoch, rec.leader);
+				take_longest_log(r, s, &rec);
+			}
+		}
 		store_set_role(r->st, s, role, rec.epoch, rec.leader);
 		if (role != STORE_ROLE_LEADER)
 			continue;

@@ -667,8 +667,24 @@ static int batch_apply(struct store *st, rocksdb_writebatch_t *wb, struct pm *pm
 					     (unsigned long long)next);
 			return MP_ESTALE;
 		}
-		if (lr[i]->lsn == next)
+		if (lr[i]->lsn == next) {
 			next++;
+		} else {
+			/* A record we hold already: the same one (a resend) or
+			 * one a deposed leader wrote at that lsn and nobody
+			 * acknowledged. Applied state cannot be rolled back, so
+			 * a different epoch is refused: this replica needs a
+			 * snapshot and must not count as in sync. */
+			uint64_t have;
+			int er = store_log_epoch(st, shard, lr[i]->lsn, &have);
+			if (er == 0 && have != lr[i]->epoch) {
+				pm->errmsg = pm_errf(pm, "diverged: lsn %llu has epoch %llu here, %llu "
+						     "from the leader", (unsigned long long)lr[i]->lsn,
+						     (unsigned long long)have,
+						     (unsigned long long)lr[i]->epoch);
+				return MP_ESTALE;
+			}
+		}
 		for (size_t j = 0; j < lr[i]->n_ops; j++) {
 			Merpati__Rec__Op *o = lr[i]->ops[j];
 			struct sk pre;

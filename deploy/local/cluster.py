@@ -4,23 +4,38 @@
 Behind `./dev up`, `down`, `restart` and `status`. A deployment is one
 directory:
 
+    DIR/etcd/cmd         etcd's command line, shell-quoted
+    DIR/etcd/pid         its PID while it runs
+    DIR/etcd/etcd.log    its stdout and stderr (appended across restarts)
+    DIR/etcd/data/       its data directory
     DIR/nodeI/cmd        the node's command line, shell-quoted (I = 0..N-1)
     DIR/nodeI/pid        its PID while it runs
     DIR/nodeI/node.log   its stdout and stderr (appended across restarts)
     DIR/nodeI/data/      its data directory
     DIR/cluster.env      ports, PIDs, ... as KEY=value lines (shell-sourceable)
 
+etcd (one member, named "default") starts first and the nodes after it; the
+nodes stop first and etcd after them. The nodes get `--etcd`, `--cluster` and
+`--advertise` (and for fewer than 3 nodes `--rf`/`--min_isr`) only when
+`merpati-node --help` lists `--etcd`, so a node binary that does not know
+them yet still runs; such nodes count as ready once they answer `merpatictl
+node info`, are registered in etcd, every shard has enough in-sync replicas
+to take writes, and `merpatictl cluster status` succeeds.
+
 It never uses fixed ports: the kernel picks free ones. It only ever signals a
 PID it recorded, and only after checking that the PID still runs the recorded
-command line (/proc/PID/cmdline), so a reused PID is never hit. Nodes run in
-their own session with stdin from /dev/null, so neither Ctrl-C in the shell
-that started them nor a caller waiting for our output is tied to them.
+command line (/proc/PID/cmdline), so a reused PID is never hit. Processes run
+in their own session with stdin from /dev/null, so neither Ctrl-C in the
+shell that started them nor a caller waiting for our output is tied to them.
 """
 
 import argparse
 import glob
 import os
+import platform
+import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,9 +43,14 @@ import sys
 import time
 
 READY_TIMEOUT = 30.0   # seconds for a node to answer `merpatictl node info`
+ETCD_TIMEOUT = 30.0    # seconds for etcd to answer `etcdctl endpoint health`
+CLUSTER_TIMEOUT = 30.0  # seconds for nodes to register in etcd / cluster status
 STOP_TIMEOUT = 10.0    # seconds between SIGTERM and SIGKILL
 CTL_TIMEOUT = 5.0      # one readiness probe
 PORT_ATTEMPTS = 3      # a free port can be taken before the node binds it
+
+CLUSTER = "default"    # the nodes' --cluster: etcd keys live under /merpati/CLUSTER/
+ETCD_NAME = "default"  # the etcd member's --name
 
 # What the sanitizers print; a node log containing one fails `down`.
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
@@ -103,67 +123,72 @@ def free_ports(n):
             s.close()
 
 
-def stop_nodes(nodes, timeout=STOP_TIMEOUT):
+def stop_procs(procs, timeout=STOP_TIMEOUT):
     """SIGTERM, wait up to timeout, then SIGKILL. A PID is signalled only
-    while it runs the node's recorded command line. Returns the nodes that
-    had to be killed."""
-    def still(n):
-        return argv_matches(proc_argv(n.pid), n.argv)
+    while it runs the process's recorded command line. Returns the processes
+    that had to be killed."""
+    def still(p):
+        return argv_matches(proc_argv(p.pid), p.argv)
 
-    def signal_all(ns, sig):
-        for n in ns:
-            if still(n):
+    def signal_all(ps, sig):
+        for p in ps:
+            if still(p):
                 try:
-                    os.kill(n.pid, sig)
+                    os.kill(p.pid, sig)
                 except ProcessLookupError:
                     pass
 
-    signal_all(nodes, signal.SIGTERM)
+    signal_all(procs, signal.SIGTERM)
+    # A process stopped with SIGSTOP (tests do that) handles the pending
+    # SIGTERM only once it runs again.
+    signal_all(procs, signal.SIGCONT)
     deadline = time.monotonic() + timeout
-    left = [n for n in nodes if still(n)]
+    left = [p for p in procs if still(p)]
     while left and time.monotonic() < deadline:
         time.sleep(0.05)
-        left = [n for n in left if still(n)]
+        left = [p for p in left if still(p)]
     signal_all(left, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while any(still(n) for n in left) and time.monotonic() < deadline:
+    while any(still(p) for p in left) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
 
 
-# ---------------------------------------------------------------- nodes
+stop_nodes = stop_procs
 
-class Node:
-    def __init__(self, base, index):
-        self.index = index
-        self.dir = os.path.join(base, f"node{index}")
-        self.log = os.path.join(self.dir, "node.log")
+
+def flag_value(argv, flag):
+    """The value after `flag` in argv (flags are recorded as two words)."""
+    i = argv.index(flag)
+    return argv[i + 1]
+
+
+def set_flag(argv, flag, value):
+    """Replace the value of `flag` in argv, or append the flag."""
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+
+
+# ------------------------------------------------- etcd and the nodes
+
+class Proc:
+    """A process of the deployment: its directory holds cmd, pid and a log."""
+
+    log_name = "proc.log"
+
+    def __init__(self, base, dirname):
+        self.dir = os.path.join(base, dirname)
+        self.log = os.path.join(self.dir, self.log_name)
         self.data = os.path.join(self.dir, "data")
         self.cmd_file = os.path.join(self.dir, "cmd")
         self.pid_file = os.path.join(self.dir, "pid")
-        self.offset_file = os.path.join(self.dir, "log.offset")
         self.argv = None
         self.pid = None
 
-    @property
-    def name(self):
-        return f"node{self.index}"
-
     def _flag(self, flag):
-        i = self.argv.index(flag)
-        return self.argv[i + 1]
-
-    @property
-    def addr(self):
-        return self._flag("--listen")
-
-    @property
-    def port(self):
-        return int(self.addr.rsplit(":", 1)[1])
-
-    @property
-    def node_id(self):
-        return self._flag("--node_id")
+        return flag_value(self.argv, flag)
 
     def load(self):
         with open(self.cmd_file) as f:
@@ -184,6 +209,9 @@ class Node:
         return self.pid is not None and argv_matches(proc_argv(self.pid),
                                                      self.argv)
 
+    def child_env(self):
+        return None  # inherit ours
+
     def start(self):
         os.makedirs(self.data, exist_ok=True)
         with open(self.log, "ab") as log:
@@ -191,7 +219,7 @@ class Node:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, cwd=self.dir, close_fds=True,
-                start_new_session=True)
+                start_new_session=True, env=self.child_env())
         self.pid = self.proc.pid
         with open(self.pid_file, "w") as f:
             f.write(f"{self.pid}\n")
@@ -204,7 +232,7 @@ class Node:
         return None if alive(self.pid) else "unknown"
 
     def log_tail(self, lines=25):
-        """The last lines the node wrote since we last started it."""
+        """The last lines the process wrote since we last started it."""
         try:
             with open(self.log, "rb") as f:
                 f.seek(getattr(self, "log_start", 0))
@@ -212,6 +240,56 @@ class Node:
         except FileNotFoundError:
             return "    (no log)"
         return "".join(f"    {t}\n" for t in text) or "    (nothing logged)\n"
+
+    def port_taken(self):
+        return "in use" in self.log_tail(40).lower()
+
+
+class Node(Proc):
+    log_name = "node.log"
+
+    def __init__(self, base, index):
+        super().__init__(base, f"node{index}")
+        self.index = index
+        self.offset_file = os.path.join(self.dir, "log.offset")
+
+    @property
+    def name(self):
+        return f"node{self.index}"
+
+    @property
+    def addr(self):
+        return self._flag("--listen")
+
+    @property
+    def port(self):
+        return int(self.addr.rsplit(":", 1)[1])
+
+    @property
+    def node_id(self):
+        return self._flag("--node_id")
+
+    @property
+    def etcd_endpoint(self):
+        """The --etcd the node was started with, or None."""
+        return self._flag("--etcd") if "--etcd" in self.argv else None
+
+    @property
+    def cluster(self):
+        return self._flag("--cluster") if "--cluster" in self.argv else CLUSTER
+
+    def set_port(self, port):
+        """Point --listen (and --advertise, if given) at a new port."""
+        addr = f"127.0.0.1:{port}"
+        set_flag(self.argv, "--listen", addr)
+        if "--advertise" in self.argv:
+            set_flag(self.argv, "--advertise", addr)
+
+    def mark_log_offset(self):
+        """Where `down` starts looking for sanitizer reports."""
+        size = os.path.getsize(self.log) if os.path.exists(self.log) else 0
+        with open(self.offset_file, "w") as f:
+            f.write(f"{size}\n")
 
     def sanitizer_report(self):
         """Sanitizer lines written to the log since `up`, if any."""
@@ -229,6 +307,52 @@ class Node:
         hits = [ln for ln in text.splitlines()
                 if any(m in ln for m in SANITIZER_MARKS)]
         return "\n".join(hits[:10]) if hits else None
+
+
+class Etcd(Proc):
+    """The deployment's etcd: one member on two loopback ports."""
+
+    log_name = "etcd.log"
+    name = "etcd"
+
+    def __init__(self, base):
+        super().__init__(base, "etcd")
+
+    def make_argv(self, etcd_bin, client_port, peer_port):
+        client = f"http://127.0.0.1:{client_port}"
+        peer = f"http://127.0.0.1:{peer_port}"
+        self.argv = [
+            etcd_bin, "--name", ETCD_NAME, "--data-dir", self.data,
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{ETCD_NAME}={peer}",
+            "--initial-cluster-state", "new",
+            # One member: no peer to miss heartbeats from, so a short
+            # election timeout only shortens the wait for a restarted etcd
+            # to elect itself (~1.5 s with the default 1000 ms).
+            "--heartbeat-interval", "100", "--election-timeout", "500",
+            # zap: 3.4's default logger (capnslog) warns that it is deprecated.
+            "--logger", "zap", "--log-outputs", "stderr"]
+
+    @property
+    def port(self):
+        return int(self._flag("--listen-client-urls").rsplit(":", 1)[1])
+
+    @property
+    def endpoint(self):
+        return f"127.0.0.1:{self.port}"
+
+    def child_env(self):
+        return etcd_env()
+
+
+def load_etcd(base):
+    """The deployment's recorded etcd, or None (none recorded: a deployment
+    started before ./dev ran etcd)."""
+    e = Etcd(base)
+    if not os.path.exists(e.cmd_file):
+        return None
+    return e.load()
 
 
 def list_nodes(base):
@@ -249,6 +373,106 @@ def deployment_nodes(base):
         keep = set(env["NODE_DIRS"].split())
         nodes = [n for n in nodes if n.dir in keep]
     return nodes
+
+
+# ----------------------------------------------------------------- etcd
+
+def etcd_env():
+    """Our environment without ETCD_* / ETCDCTL_*: etcd and etcdctl read
+    their flags from those too, and a sourced cluster.env (ETCD_PORT, ...)
+    or an operator's settings must not change what we start."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ETCD_", "ETCDCTL_"))}
+    # etcd 3.4 refuses to run on arm64 unless told it may.
+    arch = {"aarch64": "arm64", "arm64": "arm64"}.get(platform.machine())
+    if arch:
+        env["ETCD_UNSUPPORTED_ARCH"] = arch
+    env["ETCDCTL_API"] = "3"
+    return env
+
+
+def find_tool(name, package):
+    path = shutil.which(name) or (f"/usr/bin/{name}"
+                                  if os.access(f"/usr/bin/{name}", os.X_OK)
+                                  else None)
+    if not path:
+        raise Failure(f"{name} not found: install the Debian package "
+                      f"{package} (./dev deps)")
+    return os.path.abspath(path)
+
+
+def etcdctl(endpoint, *args, timeout=CTL_TIMEOUT):
+    """Run etcdctl (API v3) against endpoint; (returncode, output)."""
+    argv = [find_tool("etcdctl", "etcd-client"), f"--endpoints={endpoint}",
+            "--dial-timeout=2s", f"--command-timeout={int(timeout)}s", *args]
+    try:
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=timeout + 5, env=etcd_env())
+    except subprocess.TimeoutExpired:
+        return 124, f"etcdctl {' '.join(args)} timed out"
+    return r.returncode, (r.stdout + r.stderr).strip()
+
+
+class ProcDied(Failure):
+    def __init__(self, proc, status, what):
+        self.proc = proc
+        super().__init__(f"{proc.name} exited before it {what} (status "
+                         f"{status}); log tail of {proc.log}:\n"
+                         f"{proc.log_tail()}")
+
+
+def port_open(port):
+    """Whether something accepts connections on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_etcd(etcd, timeout=ETCD_TIMEOUT):
+    """Wait until etcd answers `etcdctl endpoint health`."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        status = etcd.exited()
+        if status is not None:
+            raise ProcDied(etcd, status, f"served {etcd.endpoint}")
+        # etcdctl waits out its whole timeout on a port nobody listens on
+        # yet: ask it only once etcd accepts connections.
+        if port_open(etcd.port):
+            rc, out = etcdctl(etcd.endpoint, "endpoint", "health", timeout=2)
+            if rc == 0:
+                return
+            last = out or f"exit {rc}"
+        else:
+            last = f"nothing listens on {etcd.endpoint} yet"
+        if time.monotonic() > deadline:
+            raise Failure(
+                f"etcd ({etcd.endpoint}, pid {etcd.pid}) did not answer "
+                f"`etcdctl endpoint health` within {timeout:.0f} s (last: "
+                f"{last}); log tail of {etcd.log}:\n{etcd.log_tail()}")
+        time.sleep(0.05)
+
+
+def start_etcd(etcd):
+    """Start the deployment's etcd on two free ports and wait for it. The
+    caller stops it if this fails."""
+    etcd_bin = find_tool("etcd", "etcd-server")
+    os.makedirs(etcd.dir, exist_ok=True)
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        etcd.make_argv(etcd_bin, *free_ports(2))
+        etcd.save_cmd()
+        etcd.start()
+        try:
+            wait_etcd(etcd)
+            return
+        except ProcDied:
+            # Someone may have taken a port between our probe and etcd's
+            # bind; only then are other ports worth a try.
+            if attempt == PORT_ATTEMPTS or not etcd.port_taken():
+                raise
+            say("etcd: port taken, retrying on other ports")
 
 
 # ---------------------------------------------------------- cluster.env
@@ -276,7 +500,7 @@ def env_value(v):
     return f'"{v}"' if (" " in v or not v) else v
 
 
-def write_env(base, nodes, build_dir):
+def write_env(base, nodes, build_dir, etcd=None):
     env = [
         ("NODE_ADDRS", " ".join(n.addr for n in nodes)),
         ("NODE_PIDS", " ".join(str(n.pid) for n in nodes)),
@@ -286,6 +510,18 @@ def write_env(base, nodes, build_dir):
         ("MERPATI_NODE", nodes[0].addr),
         ("BUILD_DIR", build_dir),
     ]
+    if etcd is not None:
+        env += [
+            ("ETCD_ENDPOINTS", etcd.endpoint),
+            ("ETCD_PID", str(etcd.pid)),
+            ("ETCD_PORT", str(etcd.port)),
+            ("ETCD_DIR", etcd.dir),
+            ("CLUSTER", CLUSTER),
+        ]
+        if nodes[0].etcd_endpoint:
+            # merpatictl without --node then routes through the cluster.
+            env += [("MERPATI_ETCD", nodes[0].etcd_endpoint),
+                    ("MERPATI_CLUSTER", nodes[0].cluster)]
     tmp = os.path.join(base, "cluster.env.tmp")
     with open(tmp, "w") as f:
         for k, v in env:
@@ -296,6 +532,55 @@ def write_env(base, nodes, build_dir):
 
 
 # ------------------------------------------------------------ readiness
+
+def help_text(binary):
+    """What `binary --help` prints (stdout and stderr), "" if it fails."""
+    try:
+        r = subprocess.run([binary, "--help"], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=CTL_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return r.stdout + r.stderr
+
+
+def has_flag(text, flag):
+    """Whether a --help text lists `flag` (as "--flag=X", "--flag X" or
+    "[--flag ...]"), not just a longer flag that starts with it."""
+    return re.search(r"(^|[\s\[])" + re.escape(flag) + r"([=\s\]]|$)", text,
+                     re.M) is not None
+
+
+def cluster_flags(node_bin, nodes, endpoint, port, node_args):
+    """The cluster flags for a node of an N-node deployment, or [] when
+    merpati-node does not know --etcd yet. The replication settings only
+    count when the first node creates the cluster in etcd: the node's
+    defaults (3 replicas, 2 in sync) would leave a 1-node deployment unable
+    to write, so a deployment of N < 3 nodes gets rf = N and min_isr =
+    N - 1 (at least 1), unless NODE_FLAGS set them; a larger one gets the
+    node's defaults."""
+    text = help_text(node_bin)
+    if not has_flag(text, "--etcd"):
+        return []
+    flags = ["--etcd", endpoint, "--cluster", CLUSTER,
+             "--advertise", f"127.0.0.1:{port}"]
+    if nodes >= 3:
+        return flags
+    given = {a.split("=", 1)[0] for a in node_args}
+    for flag, value in (("--rf", nodes), ("--min_isr", max(1, nodes - 1))):
+        if has_flag(text, flag) and flag not in given:
+            flags += [flag, str(value)]
+    return flags
+
+
+def ctl_cluster_argv(ctl):
+    """merpatictl's global flags for `cluster status`, or None when it has
+    no `cluster` command yet."""
+    text = help_text(ctl)
+    if not re.search(r"^\s+cluster(\s|$)", text, re.M):
+        return None
+    return {"cluster_flag": re.search(r"(^|[\s\[])--cluster([=\s\]]|$)",
+                                      text, re.M) is not None}
+
 
 def probe(ctl, addr):
     try:
@@ -342,73 +627,139 @@ def wait_ready(nodes, ctl, timeout=READY_TIMEOUT):
         time.sleep(0.1)
 
 
+def check_alive(nodes):
+    for n in nodes:
+        status = n.exited()
+        if status is not None:
+            raise NodeDied(n, status)
+
+
+def parse_words(value):
+    """A record value of DESIGN.md's etcd keys: "k=v k=v ..." as a dict."""
+    return dict(w.split("=", 1) for w in value.split() if "=" in w)
+
+
+def shards_pending(endpoint, cluster):
+    """Why the cluster cannot take writes yet, or None when every shard
+    has a record with at least min_isr in-sync replicas (keys and values as
+    DESIGN.md "Cluster" gives them). No `config` record: a layout we do not
+    know, so nothing to wait for."""
+    prefix = f"/merpati/{cluster}/"
+    rc, out = etcdctl(endpoint, "get", "--prefix", prefix)
+    if rc != 0:
+        return f"etcdctl get --prefix {prefix} failed: {out or 'exit %d' % rc}"
+    lines = out.splitlines()
+    recs = {k[len(prefix):]: v for k, v in zip(lines[0::2], lines[1::2])
+            if k.startswith(prefix)}
+    try:
+        config = parse_words(recs["config"])
+        shards, min_isr = int(config["shards"]), int(config.get("min_isr", 1))
+    except (KeyError, ValueError):
+        return None
+    for i in range(shards):
+        rec = recs.get(f"shards/{i}")
+        if rec is None:
+            return f"shard {i} has no record yet"
+        isr = [x for x in parse_words(rec).get("isr", "").split(",") if x]
+        if len(isr) < min_isr:
+            return (f"shard {i} has {len(isr)} in-sync replicas, fewer than "
+                    f"min_isr={min_isr} ({rec})")
+    return None
+
+
+def wait_cluster(nodes, ctl, timeout=CLUSTER_TIMEOUT):
+    """For nodes started with --etcd: wait until each has registered under
+    /merpati/CLUSTER/nodes/, every shard has a record with enough in-sync
+    replicas to take writes, and, when merpatictl has a `cluster` command,
+    until `merpatictl cluster status` succeeds."""
+    nodes = [n for n in nodes if n.etcd_endpoint]
+    if not nodes:
+        return
+    endpoint, cluster = nodes[0].etcd_endpoint, nodes[0].cluster
+    prefix = f"/merpati/{cluster}/nodes/"
+    deadline = time.monotonic() + timeout
+    while True:
+        check_alive(nodes)
+        rc, out = etcdctl(endpoint, "get", "--prefix", "--keys-only", prefix)
+        listed = {k[len(prefix):] for k in out.splitlines()
+                  if k.startswith(prefix)} if rc == 0 else set()
+        missing = [n for n in nodes if n.node_id not in listed]
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            n = missing[0]
+            seen = (", ".join(sorted(listed)) or "none") if rc == 0 else \
+                f"etcdctl failed: {out or 'exit %d' % rc}"
+            raise Failure(
+                f"{n.name} (id {n.node_id}) did not register under {prefix} "
+                f"in etcd {endpoint} within {timeout:.0f} s (registered: "
+                f"{seen}); log tail of {n.log}:\n{n.log_tail()}")
+        time.sleep(0.1)
+
+    while True:
+        check_alive(nodes)
+        why = shards_pending(endpoint, cluster)
+        if why is None:
+            break
+        if time.monotonic() > deadline:
+            raise Failure(f"the cluster in etcd {endpoint} cannot take writes "
+                          f"after {timeout:.0f} s: {why}")
+        time.sleep(0.1)
+
+    cl = ctl_cluster_argv(ctl)
+    if cl is None:
+        return
+    argv = [ctl, "--etcd", endpoint]
+    if cl["cluster_flag"]:
+        argv += ["--cluster", cluster]
+    argv += ["cluster", "status"]
+    last = "no answer"
+    while True:
+        check_alive(nodes)
+        try:
+            r = subprocess.run(argv, stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True,
+                               timeout=CTL_TIMEOUT)
+            if r.returncode == 0:
+                return
+            last = (r.stderr or r.stdout).strip() or f"exit {r.returncode}"
+        except subprocess.TimeoutExpired:
+            last = "timed out"
+        if time.monotonic() > deadline:
+            raise Failure(f"`{' '.join(argv[1:])}` did not succeed within "
+                          f"{timeout:.0f} s (last: {last})")
+        time.sleep(0.2)
+
+
+def start_nodes(nodes, ctl):
+    """Start nodes (argv set) and wait until they serve, moving a node to
+    another port when someone took its port before it bound it. The caller
+    stops them if this fails."""
+    for n in nodes:
+        n.mark_log_offset()
+        n.start()
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            wait_ready(nodes, ctl)
+            break
+        except NodeDied as e:
+            # Someone may have taken the port between our probe and the
+            # node's bind; only then is another port worth a try.
+            if attempt == PORT_ATTEMPTS or not e.node.port_taken():
+                raise
+            n = e.node
+            n.set_port(free_ports(1)[0])
+            n.save_cmd()
+            say(f"{n.name}: port taken, retrying on {n.addr}")
+            n.start()
+    wait_cluster(nodes, ctl)
+
+
 def port_taken(node):
-    return "in use" in node.log_tail(40).lower()
+    return node.port_taken()
 
 
 # ------------------------------------------------------------- commands
-
-def cmd_up(a):
-    base = os.path.abspath(a.dir)
-    build = os.path.abspath(a.build_dir)
-    check_path("--dir", base)
-    check_path("build directory", build)
-    node_bin = os.path.join(build, "storage-node", "merpati-node")
-    ctl = os.path.join(build, "tools", "merpatictl")
-    for b in (node_bin, ctl):
-        if not os.access(b, os.X_OK):
-            raise Failure(f"{b} is missing: build first (./dev build)")
-    if a.nodes < 1:
-        raise Failure("--nodes must be at least 1")
-    os.makedirs(base, exist_ok=True)
-    busy = [n for n in list_nodes(base) if n.running()]
-    if busy:
-        raise Failure(f"{base} already runs " + ", ".join(
-            f"{n.name} (pid {n.pid})" for n in busy) +
-            f"; stop it first: ./dev down --dir {base}")
-
-    nodes = [Node(base, i) for i in range(a.nodes)]
-    started = []
-    try:
-        ports = free_ports(a.nodes)
-        for n, port in zip(nodes, ports):
-            os.makedirs(n.dir, exist_ok=True)
-            n.argv = [node_bin, "--listen", f"127.0.0.1:{port}",
-                      "--data_dir", n.data, "--node_id", f"n{n.index}"]
-            if a.log_level:
-                n.argv += ["--log_level", a.log_level]
-            n.argv += a.node_args
-            n.save_cmd()
-            with open(n.offset_file, "w") as f:
-                f.write(f"{os.path.getsize(n.log) if os.path.exists(n.log) else 0}\n")
-            n.start()
-            started.append(n)
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            try:
-                wait_ready(nodes, ctl)
-                break
-            except NodeDied as e:
-                # Someone may have taken the port between our probe and the
-                # node's bind; only then is another port worth a try.
-                if attempt == PORT_ATTEMPTS or not port_taken(e.node):
-                    raise
-                n = e.node
-                n.argv[n.argv.index("--listen") + 1] = \
-                    f"127.0.0.1:{free_ports(1)[0]}"
-                n.save_cmd()
-                say(f"{n.name}: port taken, retrying on {n.addr}")
-                n.start()
-        write_env(base, nodes, build)
-    except BaseException:
-        stop_nodes([n for n in started if n.running()])
-        for n in started:
-            _unlink(n.pid_file)
-        raise
-    for n in nodes:
-        print(f"{n.name}  {n.addr}  pid {n.pid}  log {n.log}")
-    print(f"env: {os.path.join(base, 'cluster.env')}")
-    return 0
-
 
 def _unlink(path):
     try:
@@ -417,40 +768,172 @@ def _unlink(path):
         pass
 
 
+def _binaries(build):
+    node_bin = os.path.join(build, "storage-node", "merpati-node")
+    ctl = os.path.join(build, "tools", "merpatictl")
+    for b in (node_bin, ctl):
+        if not os.access(b, os.X_OK):
+            raise Failure(f"{b} is missing: build first (./dev build)")
+    return node_bin, ctl
+
+
+def _cleanup(procs):
+    """Stop what we started (a failed up): nodes first, then etcd."""
+    stop_procs([p for p in procs if not isinstance(p, Etcd) and p.running()])
+    stop_procs([p for p in procs if isinstance(p, Etcd) and p.running()])
+    for p in procs:
+        _unlink(p.pid_file)
+
+
+def _print_nodes(nodes, what=None):
+    for n in nodes:
+        print(f"{n.name}  {n.addr}  pid {n.pid}  "
+              + (what or f"log {n.log}"))
+
+
+def cmd_up(a):
+    base = os.path.abspath(a.dir)
+    build = os.path.abspath(a.build_dir)
+    check_path("--dir", base)
+    check_path("build directory", build)
+    if a.add_node:
+        return cmd_add_node(a, base, build)
+    node_bin, ctl = _binaries(build)
+    if a.nodes < 1:
+        raise Failure("--nodes must be at least 1")
+    os.makedirs(base, exist_ok=True)
+    busy = [n for n in list_nodes(base) if n.running()]
+    old_etcd = load_etcd(base)
+    if old_etcd is not None and old_etcd.running():
+        busy.insert(0, old_etcd)
+    if busy:
+        raise Failure(f"{base} already runs " + ", ".join(
+            f"{p.name} (pid {p.pid})" for p in busy) +
+            f"; stop it first: ./dev down --dir {base}")
+
+    nodes = [Node(base, i) for i in range(a.nodes)]
+    etcd = Etcd(base)
+    try:
+        start_etcd(etcd)
+        for n, port in zip(nodes, free_ports(a.nodes)):
+            os.makedirs(n.dir, exist_ok=True)
+            n.argv = [node_bin, "--listen", f"127.0.0.1:{port}",
+                      "--data_dir", n.data, "--node_id", f"n{n.index}"]
+            n.argv += cluster_flags(node_bin, a.nodes, etcd.endpoint, port,
+                                    a.node_args)
+            if a.log_level:
+                n.argv += ["--log_level", a.log_level]
+            n.argv += a.node_args
+            n.save_cmd()
+        start_nodes(nodes, ctl)
+        write_env(base, nodes, build, etcd)
+    except BaseException:
+        _cleanup([p for p in nodes + [etcd] if p.pid is not None])
+        raise
+    print(f"etcd  {etcd.endpoint}  pid {etcd.pid}  log {etcd.log}")
+    _print_nodes(nodes)
+    print(f"env: {os.path.join(base, 'cluster.env')}")
+    return 0
+
+
+def cmd_add_node(a, base, build):
+    """up --add-node: one more node for a running deployment, with the
+    flags of its first node, a new index, id, port and data directory."""
+    env = read_env(os.path.join(base, "cluster.env"))
+    nodes = deployment_nodes(base)
+    if not env or not nodes:
+        raise Failure(f"no deployment in {base}: start one with "
+                      f"./dev up --dir {base}")
+    etcd = load_etcd(base)
+    if etcd is not None and not etcd.running():
+        raise Failure(f"etcd of {base} is not running: "
+                      f"./dev restart --dir {base} --etcd")
+    _, ctl = _binaries(build)
+    index = max(n.index for n in nodes) + 1
+    n = Node(base, index)
+    if os.path.exists(n.cmd_file):
+        stale = Node(base, index).load()
+        if stale.running():
+            raise Failure(f"{base}/{n.name} already runs (pid {stale.pid}) "
+                          "but is not in cluster.env")
+    argv = list(nodes[0].argv)
+    set_flag(argv, "--data_dir", n.data)
+    set_flag(argv, "--node_id", f"n{index}")
+    n.argv = argv
+    n.set_port(free_ports(1)[0])
+    if a.log_level:
+        set_flag(n.argv, "--log_level", a.log_level)
+    n.argv += a.node_args
+    os.makedirs(n.dir, exist_ok=True)
+    n.save_cmd()
+    try:
+        start_nodes([n], ctl)
+        write_env(base, nodes + [n], env.get("BUILD_DIR") or build, etcd)
+    except BaseException:
+        _cleanup([n] if n.pid is not None else [])
+        raise
+    _print_nodes([n])
+    print(f"env: {os.path.join(base, 'cluster.env')}")
+    return 0
+
+
 def cmd_down(a):
     base = os.path.abspath(a.dir)
     nodes = list_nodes(base) if os.path.isdir(base) else []
-    targets = []
-    for n in nodes:
-        if n.pid is None:
-            continue
-        if n.running():
-            targets.append(n)
-        elif alive(n.pid):
-            say(f"{n.name}: pid {n.pid} no longer runs the recorded command; "
-                "not signalling it")
-            _unlink(n.pid_file)
-        else:
-            say(f"{n.name}: was not running (pid {n.pid} is gone)")
-            _unlink(n.pid_file)
-    if not targets:
+    etcd = load_etcd(base) if os.path.isdir(base) else None
+
+    def running_targets(procs):
+        targets = []
+        for p in procs:
+            if p.pid is None:
+                continue
+            if p.running():
+                targets.append(p)
+            elif alive(p.pid):
+                say(f"{p.name}: pid {p.pid} no longer runs the recorded "
+                    "command; not signalling it")
+                _unlink(p.pid_file)
+            else:
+                say(f"{p.name}: was not running (pid {p.pid} is gone)")
+                _unlink(p.pid_file)
+        return targets
+
+    def stop(targets):
+        rc = 0
+        killed = stop_procs(targets)
+        for p in targets:
+            _unlink(p.pid_file)
+            if p in killed:
+                say(f"{p.name}: pid {p.pid} ignored SIGTERM for "
+                    f"{STOP_TIMEOUT:.0f} s; killed with SIGKILL")
+                rc = 1
+            else:
+                say(f"{p.name}: stopped (pid {p.pid})")
+        return rc
+
+    # The nodes first: they may still talk to etcd while they stop.
+    node_targets = running_targets(nodes)
+    rc = stop(node_targets)
+    etcd_targets = running_targets([etcd] if etcd is not None else [])
+    rc |= stop(etcd_targets)
+    if not node_targets and not etcd_targets:
         say(f"nothing running in {base}")
-    killed = stop_nodes(targets)
-    rc = 0
-    for n in targets:
-        _unlink(n.pid_file)
-        if n in killed:
-            say(f"{n.name}: pid {n.pid} ignored SIGTERM for "
-                f"{STOP_TIMEOUT:.0f} s; killed with SIGKILL")
-            rc = 1
-        else:
-            say(f"{n.name}: stopped (pid {n.pid})")
     for n in nodes:
         report = n.sanitizer_report()
         if report:
             say(f"{n.name}: sanitizer report in {n.log}:\n{report}")
             rc = 1
     return rc
+
+
+def restart_etcd(etcd):
+    """(Re)start etcd from its recorded command line (same ports, same data
+    directory) and wait until it is healthy."""
+    if etcd.running():
+        if stop_procs([etcd]):
+            say("etcd: ignored SIGTERM; killed")
+    etcd.start()
+    wait_etcd(etcd)
 
 
 def cmd_restart(a):
@@ -463,6 +946,18 @@ def cmd_restart(a):
     nodes = deployment_nodes(base)
     if not nodes:
         raise Failure(f"no nodes recorded in {base}")
+    etcd = load_etcd(base)
+    if a.etcd:
+        if etcd is None:
+            raise Failure(f"no etcd recorded in {base} (started before ./dev "
+                          f"ran etcd): ./dev down --dir {base}, then up")
+        try:
+            restart_etcd(etcd)
+        finally:
+            write_env(base, nodes, build, etcd)
+        print(f"etcd  {etcd.endpoint}  pid {etcd.pid}  restarted")
+        return 0
+    etcd_todo = False
     if a.node is not None:
         todo = [n for n in nodes if n.index == a.node]
         if not todo:
@@ -472,33 +967,41 @@ def cmd_restart(a):
             if killed:
                 say(f"{todo[0].name}: ignored SIGTERM; killed")
     else:
+        etcd_todo = etcd is not None and not etcd.running()
         todo = [n for n in nodes if not n.running()]
-        if not todo:
+        if not todo and not etcd_todo:
             say("every node is running; nothing to restart")
-    for n in todo:
-        n.start()
     try:
+        if etcd_todo:
+            restart_etcd(etcd)
+        for n in todo:
+            n.start()
         wait_ready(todo, ctl)
+        wait_cluster(todo, ctl)
     finally:
         # The PIDs changed whether or not they became ready.
-        write_env(base, nodes, build)
-    for n in todo:
-        print(f"{n.name}  {n.addr}  pid {n.pid}  restarted")
+        write_env(base, nodes, build, etcd)
+    if etcd_todo:
+        print(f"etcd  {etcd.endpoint}  pid {etcd.pid}  restarted")
+    _print_nodes(todo, "restarted")
     return 0
 
 
 def cmd_status(a):
     base = os.path.abspath(a.dir)
     nodes = list_nodes(base) if os.path.isdir(base) else []
-    if not nodes:
+    etcd = load_etcd(base) if os.path.isdir(base) else None
+    if not nodes and etcd is None:
         say(f"no deployment in {base}")
         return 1
     down = 0
-    for n in nodes:
-        state = "running" if n.running() else "stopped"
+    procs = ([etcd] if etcd is not None else []) + nodes
+    for p in procs:
+        state = "running" if p.running() else "stopped"
         down += state != "running"
-        print(f"{n.name}  {n.addr}  {state}"
-              + (f"  pid {n.pid}" if state == "running" else ""))
+        addr = p.endpoint if p is etcd else p.addr
+        print(f"{p.name}  {addr}  {state}"
+              + (f"  pid {p.pid}" if state == "running" else ""))
     return 1 if down else 0
 
 
@@ -515,6 +1018,8 @@ def main(argv):
     up = sub.add_parser("up")
     up.add_argument("--dir", required=True)
     up.add_argument("--nodes", type=int, default=1)
+    up.add_argument("--add-node", action="store_true",
+                    help="add one node to the running deployment in --dir")
     up.add_argument("--log-level")
     up.add_argument("node_args", nargs="*",
                     help="extra merpati-node flags (after --)")
@@ -522,7 +1027,10 @@ def main(argv):
     down.add_argument("--dir", required=True)
     rs = sub.add_parser("restart")
     rs.add_argument("--dir", required=True)
-    rs.add_argument("--node", type=int)
+    which = rs.add_mutually_exclusive_group()
+    which.add_argument("--node", type=int)
+    which.add_argument("--etcd", action="store_true",
+                       help="restart etcd (stopping it first if it runs)")
     st = sub.add_parser("status")
     st.add_argument("--dir", required=True)
     po = sub.add_parser("ports")

@@ -1,16 +1,32 @@
-"""Fixtures for the integration tests: real merpati-node processes on
-127.0.0.1, started and stopped with ./dev up / ./dev down.
+"""Fixtures for the integration tests: a real etcd and real merpati-node
+processes on 127.0.0.1, started and stopped with ./dev up / ./dev down.
 
     build_dir, source_dir   paths (MERPATI_BUILD_DIR, else <repo>/build)
-    cluster                 one storage node in <tmp_path>/c, per test
+    cluster                 etcd + one storage node in <tmp_path>/c, per test
+    cluster3                etcd + three storage nodes in <tmp_path>/c3
     bin(name)               path of a built binary
+
+What a Cluster offers (nodes are numbered from 0: node0, node1, ...):
+
+    .dir, .env, .addr (node 0), .addrs, .pids   from DIR/cluster.env
+    .etcd_endpoints ("127.0.0.1:PORT"), .etcd_pid, .cluster_name
+    .ctl(*args, input=, check=True, node=)      merpatictl against a node
+    .etcdctl(*args, check=True)                 etcdctl (API v3) against etcd
+    .node_addr(i), .node_pid(i), .node_log(i)
+    .kill9(i), .stop_node(i), .sigstop(i), .sigcont(i)
+    .restart(node=None)     restart what is dead (or stop and restart node i)
+    .start_node()           add a node (./dev up --add-node); returns its index
+    .kill9_etcd(), .restart_etcd()
 
 A test never picks ports or PIDs itself: ./dev up chooses free ports and
 records the PIDs in cluster.env, and the fixture reads them from there.
-Nodes are numbered from 0 (their directories are node0, node1, ...).
+Every signal goes to a recorded PID only while that PID still runs the
+recorded command line.
 """
 
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -30,6 +46,8 @@ _BINARIES = {
     "mp-loadclient": "tests/integration/mp-loadclient",
     "mp-bench-append": "tools/bench/mp-bench-append",
 }
+
+STOP_TIMEOUT = 15.0     # seconds a SIGTERMed node may take to exit
 
 
 def bin(name):
@@ -70,6 +88,22 @@ def _gone(pid):
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+def _wait_gone(pid, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not _gone(pid):
+        assert time.monotonic() < deadline, f"pid {pid} survived {what}"
+        time.sleep(0.02)
+
+
+def _etcd_env():
+    """Our environment without ETCD_*/ETCDCTL_* (etcdctl reads its flags
+    from those), with the v3 API."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ETCD_", "ETCDCTL_"))}
+    env["ETCDCTL_API"] = "3"
+    return env
+
+
 class Cluster:
     def __init__(self, path):
         self.dir = Path(path)
@@ -80,6 +114,12 @@ class Cluster:
         self.addrs = self.env["NODE_ADDRS"].split()
         self.addr = self.env["MERPATI_NODE"]
         self.pids = [int(p) for p in self.env["NODE_PIDS"].split()]
+        self.node_dirs = [Path(d) for d in self.env["NODE_DIRS"].split()]
+        self.etcd_endpoints = self.env["ETCD_ENDPOINTS"]
+        self.etcd_pid = int(self.env["ETCD_PID"])
+        self.cluster_name = self.env["CLUSTER"]
+
+    # ------------------------------------------------------------ clients
 
     def ctl(self, *args, input=None, check=True, node=None):
         """merpatictl ARGS against the first node (or node index `node`)."""
@@ -95,22 +135,103 @@ class Cluster:
                 f"stderr: {r.stderr}\nstdout: {r.stdout}")
         return r
 
+    def etcdctl(self, *args, check=True, timeout=30):
+        """etcdctl ARGS (API v3) against the cluster's etcd; returns the
+        CompletedProcess. check=True: AssertionError unless it exits 0."""
+        etcdctl = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+        cmd = [etcdctl, f"--endpoints={self.etcd_endpoints}",
+               "--dial-timeout=2s", "--command-timeout=5s", *args]
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=timeout, env=_etcd_env())
+        if check and r.returncode != 0:
+            raise AssertionError(
+                f"etcdctl {' '.join(args)} exited {r.returncode}\n"
+                f"stderr: {r.stderr}\nstdout: {r.stdout}")
+        return r
+
+    # -------------------------------------------------------------- nodes
+
+    def node_addr(self, i):
+        return self.addrs[i]
+
+    def node_pid(self, i):
+        return self.pids[i]
+
+    def node_log(self, i):
+        return (self.dir / f"node{i}" / "node.log").read_text(errors="replace")
+
+    def _ours(self, pid, proc_dir):
+        """Assert that pid still runs the command recorded in proc_dir/cmd
+        (a test must never signal a process it did not start)."""
+        argv = shlex.split((proc_dir / "cmd").read_text())
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            raw = b""
+        cmdline = [a.decode(errors="surrogateescape")
+                   for a in raw.split(b"\0")[:-1]]
+        assert cmdline[-len(argv):] == argv and not _gone(pid), \
+            f"pid {pid} does not run {proc_dir}/cmd (any more)"
+
+    def _signal_node(self, i, sig):
+        self._ours(self.pids[i], self.node_dirs[i])
+        os.kill(self.pids[i], sig)
+
+    def kill9(self, i):
+        """SIGKILL node i and wait until its process is gone."""
+        self._signal_node(i, signal.SIGKILL)
+        _wait_gone(self.pids[i], 10, "SIGKILL")
+
+    def stop_node(self, i):
+        """SIGTERM node i and wait until it has exited."""
+        self._signal_node(i, signal.SIGTERM)
+        _wait_gone(self.pids[i], STOP_TIMEOUT, f"SIGTERM for {STOP_TIMEOUT} s")
+
+    def sigstop(self, i):
+        """Freeze node i (SIGSTOP): it keeps its sockets but answers nothing."""
+        self._signal_node(i, signal.SIGSTOP)
+
+    def sigcont(self, i):
+        """Let node i run again after sigstop(i)."""
+        self._signal_node(i, signal.SIGCONT)
+
     def restart(self, node=None):
-        """Restart the dead nodes (or stop and restart node `node`)."""
+        """Restart the dead nodes and etcd (or stop and restart node
+        `node`), from their recorded command lines."""
         extra = [] if node is None else ["--node", str(node)]
         dev("restart", "--dir", str(self.dir), *extra)
         self.reload()
 
-    def kill9(self, i):
-        """SIGKILL node i and wait until its process is gone."""
-        os.kill(self.pids[i], signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while not _gone(self.pids[i]):
-            assert time.monotonic() < deadline, f"pid {self.pids[i]} survived SIGKILL"
-            time.sleep(0.02)
+    def start_node(self):
+        """Add one node to the running deployment (./dev up --add-node);
+        returns its index."""
+        dev("up", "--dir", str(self.dir), "--add-node")
+        self.reload()
+        return len(self.addrs) - 1
 
-    def node_log(self, i):
-        return (self.dir / f"node{i}" / "node.log").read_text(errors="replace")
+    # --------------------------------------------------------------- etcd
+
+    def kill9_etcd(self):
+        """SIGKILL etcd and wait until its process is gone."""
+        self._ours(self.etcd_pid, self.dir / "etcd")
+        os.kill(self.etcd_pid, signal.SIGKILL)
+        _wait_gone(self.etcd_pid, 10, "SIGKILL")
+
+    def restart_etcd(self):
+        """(Re)start etcd on its ports and data directory; returns once it
+        is healthy."""
+        dev("restart", "--dir", str(self.dir), "--etcd")
+        self.reload()
+
+
+def _deployment(path, nodes):
+    dev("up", "--dir", str(path), "--nodes", str(nodes))
+    try:
+        yield Cluster(path)
+    finally:
+        dev("down", "--dir", str(path))
+    # etcd preallocates a 64 MB write-ahead log; keep its log, not that.
+    shutil.rmtree(path / "etcd" / "data", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -125,12 +246,13 @@ def source_dir():
 
 @pytest.fixture
 def cluster(tmp_path):
-    """One storage node, started for this test and stopped after it. The
-    teardown fails the test if the node did not stop on SIGTERM or left a
-    sanitizer report in its log."""
-    path = tmp_path / "c"
-    dev("up", "--dir", str(path))
-    try:
-        yield Cluster(path)
-    finally:
-        dev("down", "--dir", str(path))
+    """etcd and one storage node, started for this test and stopped after
+    it. The teardown fails the test if a process did not stop on SIGTERM or
+    a node left a sanitizer report in its log."""
+    yield from _deployment(tmp_path / "c", 1)
+
+
+@pytest.fixture
+def cluster3(tmp_path):
+    """etcd and three storage nodes, as `cluster`."""
+    yield from _deployment(tmp_path / "c3", 3)
