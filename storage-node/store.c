@@ -1040,6 +1040,29 @@ static void *commit_thread(void *arg)
 	return NULL;
 }
 
+/* Queue pm for the commit thread, or free it and refuse (closing, or the
+ * queue is full when limited). */
+static int queue_push(struct store *st, struct pm *pm, bool limited)
+{
+	pthread_mutex_lock(&st->mu);
+	if (st->closing || (limited && st->q_len >= st->o.max_pending)) {
+		bool closing = st->closing;
+		pthread_mutex_unlock(&st->mu);
+		pm_free(pm);
+		mp_log_warn("store_queue_refused", "closing=%d", closing);
+		return MP_EUNAVAIL;
+	}
+	if (st->q_tail)
+		st->q_tail->next = pm;
+	else
+		st->q_head = pm;
+	st->q_tail = pm;
+	st->q_len++;
+	pthread_cond_signal(&st->cv);
+	pthread_mutex_unlock(&st->mu);
+	return 0;
+}
+
 int store_call(struct store *st, enum store_op op, const ProtobufCMessage *req,
 	       store_done_cb cb, void *arg)
 {
@@ -1105,23 +1128,7 @@ int store_call(struct store *st, enum store_op op, const ProtobufCMessage *req,
 		pm_free(pm);
 		return 0;
 	}
-	pthread_mutex_lock(&st->mu);
-	if (st->closing || st->q_len >= st->o.max_pending) {
-		bool closing = st->closing;
-		pthread_mutex_unlock(&st->mu);
-		pm_free(pm);
-		mp_log_warn("store_queue_refused", "closing=%d", closing);
-		return MP_EUNAVAIL;
-	}
-	if (st->q_tail)
-		st->q_tail->next = pm;
-	else
-		st->q_head = pm;
-	st->q_tail = pm;
-	st->q_len++;
-	pthread_cond_signal(&st->cv);
-	pthread_mutex_unlock(&st->mu);
-	return 0;
+	return queue_push(st, pm, true);
 }
 
 /* ------------------------------------------------------------ open/close */
@@ -1586,21 +1593,7 @@ int store_run_exclusive(struct store *st, store_exclusive_fn fn, void *arg)
 	pm->st = st;
 	pm->excl_fn = fn;
 	pm->arg = arg;
-	pthread_mutex_lock(&st->mu);
-	if (st->closing) {
-		pthread_mutex_unlock(&st->mu);
-		pm_free(pm);
-		return MP_EUNAVAIL;
-	}
-	if (st->q_tail)
-		st->q_tail->next = pm;
-	else
-		st->q_head = pm;
-	st->q_tail = pm;
-	st->q_len++;
-	pthread_cond_signal(&st->cv);
-	pthread_mutex_unlock(&st->mu);
-	return 0;
+	return queue_push(st, pm, false);
 }
 
 void store_log_free(struct store_log *l)

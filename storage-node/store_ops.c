@@ -1569,6 +1569,22 @@ static int add_message(struct rd *r, uint32_t shard, const char *user, AccountRe
 			 mb->highestmodseq);
 }
 
+/* The index record of a new message (its modseq is set by add_message). */
+static void index_template(IndexRec *t, char **flags, size_t nflags, size_t size,
+			   uint64_t internal_date, uint8_t *sha, ProtobufCBinaryData envelope,
+			   ProtobufCBinaryData bodystructure)
+{
+	merpati__rec__index_rec__init(t);
+	t->flags = flags;
+	t->n_flags = nflags;
+	t->size = size;
+	t->internal_date = internal_date ? internal_date : now_s();
+	t->blob_id.data = sha;
+	t->blob_id.len = SHA_LEN;
+	t->envelope = envelope;
+	t->bodystructure = bodystructure;
+}
+
 static int check_body(struct rd *r, ProtobufCBinaryData body, const char **err_r)
 {
 	if (body.len == 0) {
@@ -1612,15 +1628,9 @@ static int m_append(struct rd *r, uint32_t shard, const Merpati__V1__AppendReque
 		return MP_ENOSPC;
 	}
 	SHA256(q->body.data, q->body.len, sha);
-	IndexRec tmpl = MERPATI__REC__INDEX_REC__INIT;
-	tmpl.flags = flags;
-	tmpl.n_flags = nflags;
-	tmpl.size = q->body.len;
-	tmpl.internal_date = q->internal_date ? q->internal_date : now_s();
-	tmpl.blob_id.data = sha;
-	tmpl.blob_id.len = SHA_LEN;
-	tmpl.envelope = q->envelope;
-	tmpl.bodystructure = q->bodystructure;
+	IndexRec tmpl;
+	index_template(&tmpl, flags, nflags, q->body.len, q->internal_date, sha,
+		       q->envelope, q->bodystructure);
 	uint32_t uid;
 	if ((ret = ref_change(r, shard, sha, 1, q->body.data, q->body.len)) < 0)
 		return ret;
@@ -1690,15 +1700,9 @@ static int m_append_many(struct rd *r, uint32_t shard, const Merpati__V1__Append
 			e = arena_errf(r->arena, "over quota: %s", user);
 		}
 		if (dr == 0) {
-			IndexRec tmpl = MERPATI__REC__INDEX_REC__INIT;
-			tmpl.flags = flags;
-			tmpl.n_flags = nflags;
-			tmpl.size = q->body.len;
-			tmpl.internal_date = q->internal_date ? q->internal_date : now_s();
-			tmpl.blob_id.data = sha;
-			tmpl.blob_id.len = SHA_LEN;
-			tmpl.envelope = q->envelope;
-			tmpl.bodystructure = q->bodystructure;
+			IndexRec tmpl;
+			index_template(&tmpl, flags, nflags, q->body.len, q->internal_date, sha,
+				       q->envelope, q->bodystructure);
 			dr = add_message(r, shard, user, a, mb, &tmpl, &res->uid);
 			if (dr == MP_ENOSPC)
 				e = "mailbox has used every UID";
