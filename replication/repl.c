@@ -61,6 +61,7 @@ struct repl {
 	 * commit thread clears) */
 	pthread_mutex_t join_mu;
 	uint8_t *join_pending;      /* owned, per shard */
+	time_t *checked;            /* owned, per shard: last follower_check (tick thread) */
 	uint32_t nshards;
 };
 
@@ -647,13 +648,106 @@ static void h_shard_state(struct mp_rpc_call *call, const ProtobufCMessage *req,
 	free(pp);
 }
 
+/* Leader: stream a shard's snapshot in chunks of about SNAP_CHUNK bytes. */
+#define SNAP_CHUNK (1u << 20)
+#define SNAP_KVS_MAX 4096
+
+struct snap_out {
+	struct mp_rpc_call *call;
+	Merpati__Repl__V1__SnapshotKV kv[SNAP_KVS_MAX];
+	Merpati__Repl__V1__SnapshotKV *kvp[SNAP_KVS_MAX];
+	uint8_t *buf;        /* owned: copies of keys and values of this chunk */
+	size_t used, cap, n;
+	uint64_t epoch, lsn;
+	bool first;
+};
+
+static int snap_flush(struct snap_out *o, bool last)
+{
+	Merpati__Repl__V1__SnapshotChunk ch = MERPATI__REPL__V1__SNAPSHOT_CHUNK__INIT;
+	ch.kvs = o->kvp;
+	ch.n_kvs = o->n;
+	ch.last = last;
+	ch.epoch = o->epoch;
+	ch.lsn = o->lsn;
+	/* The send queue is bounded: wait for room (the stream is the flow
+	 * control), at most a minute per chunk. */
+	for (int tries = 0; tries < 6000; tries++) {
+		int ret = mp_rpc_stream_send(o->call, &ch.base);
+		if (ret != MP_ENOSPC) {
+			o->n = 0;
+			o->used = 0;
+			return ret;
+		}
+		struct timespec ts = { 0, 10 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+	return MP_ETIMEDOUT;
+}
+
+static int snap_emit(void *arg, int cf, const char *key, size_t klen, const char *val,
+		     size_t vlen)
+{
+	struct snap_out *o = arg;
+	if (o->n == SNAP_KVS_MAX || (o->n > 0 && o->used + klen + vlen > o->cap)) {
+		int ret = snap_flush(o, false);
+		if (ret < 0)
+			return ret;
+	}
+	if (klen + vlen > o->cap) {
+		uint8_t *nb = realloc(o->buf, klen + vlen);
+		if (nb == NULL)
+			return MP_ENOMEM;
+		o->buf = nb;
+		o->cap = klen + vlen;
+	}
+	Merpati__Repl__V1__SnapshotKV *kv = &o->kv[o->n];
+	merpati__repl__v1__snapshot_kv__init(kv);
+	memcpy(o->buf + o->used, key, klen);
+	kv->key.data = o->buf + o->used;
+	kv->key.len = klen;
+	o->used += klen;
+	memcpy(o->buf + o->used, val, vlen);
+	kv->value.data = o->buf + o->used;
+	kv->value.len = vlen;
+	o->used += vlen;
+	kv->cf = (uint32_t)cf;
+	o->kvp[o->n++] = kv;
+	return 0;
+}
+
 static void h_snapshot(struct mp_rpc_call *call, const ProtobufCMessage *req, void *ctx)
 {
-	(void)req;
-	(void)ctx;
-	mp_rpc_stream_start(call, 1, NULL, NULL);
-	mp_rpc_stream_finish(call, MP_EUNIMPL, "snapshot transfer is not implemented yet");
+	struct repl *r = ctx;
+	const Merpati__Repl__V1__SnapshotRequest *q = (const void *)req;
+	struct snap_out *o = calloc(1, sizeof(*o));
+	mp_rpc_stream_start(call, 4, NULL, NULL);
+	if (o == NULL || (o->buf = malloc(SNAP_CHUNK)) == NULL) {
+		free(o);
+		mp_rpc_stream_finish(call, MP_ENOMEM, "out of memory");
+		mp_rpc_stream_release(call);
+		return;
+	}
+	o->cap = SNAP_CHUNK;
+	o->call = call;
+	/* The position comes with the first chunk: read it first. */
+	uint64_t epoch = 0, lsn = 0;
+	int ret = q->shard < store_shard_count(r->st)
+			  ? store_snapshot_read(r->st, q->shard, snap_emit, o, &epoch, &lsn)
+			  : MP_EINVAL;
+	/* Position is known only after the read; it travels in the last chunk
+	 * too, and the follower takes it from there. */
+	o->epoch = epoch;
+	o->lsn = lsn;
+	if (ret == 0)
+		ret = snap_flush(o, true);
+	mp_log_info("repl_snapshot_sent", "shard=%u to=%s epoch=%llu lsn=%llu ret=%s", q->shard,
+		    q->follower_id, (unsigned long long)epoch, (unsigned long long)lsn,
+		    mp_strerror(ret));
+	mp_rpc_stream_finish(call, ret, ret < 0 ? "snapshot failed" : NULL);
 	mp_rpc_stream_release(call);
+	free(o->buf);
+	free(o);
 }
 
 static void h_shard_digest(struct mp_rpc_call *call, const ProtobufCMessage *req, void *ctx)
@@ -758,6 +852,126 @@ static void warn_snapshot(struct repl *r, uint32_t shard, const char *id, const 
 		return;
 	r->last_warn = now;
 	mp_log_warn("repl_replica_needs_snapshot", "shard=%u replica=%s why=\"%s\"", shard, id, why);
+}
+
+/* Follower: replace our copy of a shard with the leader's. */
+static int pull_snapshot(struct repl *r, uint32_t shard, const char *addr)
+{
+	char path[128];
+	struct mp_rpc_stream *stream = NULL;
+	char *error = NULL;
+	struct mp_rpc_channel *ch = chan_get(r, addr);
+	Merpati__Repl__V1__SnapshotRequest q = MERPATI__REPL__V1__SNAPSHOT_REQUEST__INIT;
+	q.shard = shard;
+	q.follower_id = r->node_id;
+	if (ch == NULL || mp_rpc_method_path(&merpati__repl__v1__replication__descriptor,
+					     "Snapshot", path, sizeof(path)) == NULL)
+		return MP_EUNAVAIL;
+	int ret = mp_rpc_stream_open(ch, path, &q.base,
+				     &merpati__repl__v1__snapshot_chunk__descriptor,
+				     10 * 60 * 1000, &stream, &error);
+	free(error);
+	error = NULL;
+	if (ret < 0)
+		return ret;
+	if ((ret = store_snapshot_begin(r->st, shard)) < 0) {
+		mp_rpc_stream_close(&stream);
+		return ret;
+	}
+	bool done = false;
+	size_t keys = 0;
+	while (!done) {
+		ProtobufCMessage *m = NULL;
+		ret = mp_rpc_stream_next(stream, 60000, &m, &error);
+		free(error);
+		error = NULL;
+		if (ret != 0) {
+			if (ret == 1)
+				ret = MP_EPROTO; /* ended without its last chunk */
+			break;
+		}
+		Merpati__Repl__V1__SnapshotChunk *c = (void *)m;
+		int *cfs = calloc(c->n_kvs + 1, sizeof(*cfs));
+		ProtobufCBinaryData *ks = calloc(c->n_kvs + 1, sizeof(*ks));
+		ProtobufCBinaryData *vs = calloc(c->n_kvs + 1, sizeof(*vs));
+		if (cfs == NULL || ks == NULL || vs == NULL) {
+			ret = MP_ENOMEM;
+		} else {
+			for (size_t i = 0; i < c->n_kvs; i++) {
+				cfs[i] = (int)c->kvs[i]->cf;
+				ks[i] = c->kvs[i]->key;
+				vs[i] = c->kvs[i]->value;
+			}
+			ret = c->n_kvs ? store_snapshot_put(r->st, shard, cfs, ks, vs, c->n_kvs) : 0;
+			keys += c->n_kvs;
+		}
+		free(cfs);
+		free(ks);
+		free(vs);
+		if (ret == 0 && c->last) {
+			ret = store_snapshot_end(r->st, shard, c->epoch, c->lsn);
+			done = true;
+		}
+		protobuf_c_message_free_unpacked(m, NULL);
+		if (ret < 0)
+			break;
+	}
+	mp_rpc_stream_close(&stream);
+	mp_log_info("repl_snapshot_pulled", "shard=%u from=%s keys=%zu ret=%s", shard, addr,
+		    keys, mp_strerror(ret));
+	return ret;
+}
+
+/* Follower of a shard, not in sync: can the leader's log still bring us
+ * level (it reaches back to our lsn and agrees with our last record)? If
+ * not, pull a snapshot. */
+static void follower_check(struct repl *r, uint32_t shard, const struct mp_shard_rec *rec)
+{
+	char addr[MP_ADDR_MAX + 1], path[128];
+	time_t now = time(NULL);
+	if (now - r->checked[shard] < 2)
+		return;
+	r->checked[shard] = now;
+	if (mp_shardmap_node_addr(r->map, rec->leader, addr) < 0 ||
+	    mp_rpc_method_path(&merpati__repl__v1__replication__descriptor, "ReadLog", path,
+			       sizeof(path)) == NULL)
+		return;
+	enum store_role role;
+	uint64_t ep, lsn;
+	store_get_pos(r->st, shard, &role, &ep, &lsn);
+	Merpati__Repl__V1__ReadLogRequest q = MERPATI__REPL__V1__READ_LOG_REQUEST__INIT;
+	q.shard = shard;
+	q.from_lsn = lsn > 0 ? lsn : 1;
+	q.max_bytes = 1;
+	ProtobufCMessage *resp = NULL;
+	char *error = NULL;
+	struct mp_rpc_channel *ch = chan_get(r, addr);
+	int ret = ch == NULL ? MP_EUNAVAIL
+			     : mp_rpc_call(ch, path, &q.base,
+					   &merpati__repl__v1__read_log_reply__descriptor, 2000,
+					   &resp, &error);
+	free(error);
+	bool need = false;
+	if (ret == MP_ESTALE) {
+		need = true;  /* the leader's log no longer reaches back to us */
+	} else if (ret == 0) {
+		Merpati__Repl__V1__ReadLogReply *rep = (void *)resp;
+		if (lsn > rep->last_lsn) {
+			need = true;  /* we hold records the leader does not */
+		} else if (lsn > 0 && rep->n_records > 0) {
+			Merpati__Rec__LogRecord *lr = merpati__rec__log_record__unpack(
+				NULL, rep->records[0].len, rep->records[0].data);
+			uint64_t mine;
+			if (lr != NULL && lr->lsn == lsn &&
+			    (store_log_epoch(r->st, shard, lsn, &mine) < 0 || mine != lr->epoch))
+				need = true;  /* our last record is not the leader's */
+			if (lr != NULL)
+				merpati__rec__log_record__free_unpacked(lr, NULL);
+		}
+		protobuf_c_message_free_unpacked(resp, NULL);
+	}
+	if (need)
+		(void)pull_snapshot(r, shard, addr);
 }
 
 /* Bring one out-of-sync replica closer; ask it to join when level. */
@@ -924,6 +1138,8 @@ void repl_tick(struct repl *r)
 			}
 		}
 		store_set_role(r->st, s, role, rec.epoch, rec.leader);
+		if (role == STORE_ROLE_FOLLOWER && !mp_shard_rec_in_isr(&rec, r->node_id))
+			follower_check(r, s, &rec);
 		if (role != STORE_ROLE_LEADER)
 			continue;
 		for (size_t i = 0; i < rec.n_replicas; i++)
@@ -951,7 +1167,8 @@ int repl_create(const struct repl_opts *o, struct repl **r_r)
 	pthread_mutex_init(&r->join_mu, NULL);
 	r->nshards = store_shard_count(o->st);
 	r->join_pending = calloc(r->nshards + 1, 1);
-	if (r->join_pending == NULL) {
+	r->checked = calloc(r->nshards + 1, sizeof(*r->checked));
+	if (r->join_pending == NULL || r->checked == NULL) {
 		repl_free(&r);
 		return MP_ENOMEM;
 	}
@@ -980,5 +1197,6 @@ void repl_free(struct repl **rp)
 	pthread_mutex_destroy(&r->ch_mu);
 	pthread_mutex_destroy(&r->join_mu);
 	free(r->join_pending);
+	free(r->checked);
 	free(r);
 }

@@ -21,11 +21,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -33,11 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,8 +40,8 @@
 #include "mp_rpc.h"
 #include "mp_shardmap.h"
 #include "replication.pb-c.h"
+#include "test_etcd_spawn.h"
 
-#define READY_WAIT_MS 30000  /* etcd start, bounded */
 #define WAIT_MS 15000        /* any other wait for something to happen */
 #define LEASE_TTL_S 60       /* outlives the test: only revoking ends one */
 #define INTERVAL_MS 100
@@ -72,130 +64,9 @@ static void sleep_ms(int64_t ms)
 		;
 }
 
-/* A port nobody listens on right now: bound to port 0, then closed. */
-static int free_port(void)
-{
-	struct sockaddr_in a;
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-	assert_true(fd >= 0);
-	memset(&a, 0, sizeof(a));
-	a.sin_family = AF_INET;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-	port = ntohs(a.sin_port);
-	close(fd);
-	return port;
-}
-
 /* ------------------------------------------------------ our own etcd */
 
-static struct {
-	char bin[256];
-	char dir[64];         /* mkdtemp folder: data/ and etcd.log */
-	int client_port, peer_port;
-	pid_t pid;
-	char endpoint[64];    /* "127.0.0.1:<client port>" */
-} etcd;
-
-static bool find_etcd(void)
-{
-	snprintf(etcd.bin, sizeof(etcd.bin), "/usr/bin/etcd");
-	return access(etcd.bin, X_OK) == 0;
-}
-
-static void etcd_spawn(void)
-{
-	char data[128], logf[128], client[64], peer[64], cluster[96];
-	pid_t pid;
-	int fd;
-
-	snprintf(data, sizeof(data), "%s/data", etcd.dir);
-	snprintf(logf, sizeof(logf), "%s/etcd.log", etcd.dir);
-	snprintf(client, sizeof(client), "http://127.0.0.1:%d", etcd.client_port);
-	snprintf(peer, sizeof(peer), "http://127.0.0.1:%d", etcd.peer_port);
-	snprintf(cluster, sizeof(cluster), "default=%s", peer);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		/* Only async-signal-safe calls until exec; etcd dies with us
-		 * if the test crashes, and gets its signals back. */
-		sigset_t none;
-
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		fd = open(logf, O_WRONLY | O_CREAT | O_APPEND, 0600);
-		if (fd >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-			close(fd);
-		}
-		execl(etcd.bin, etcd.bin, "--name", "default",
-		      "--data-dir", data,
-		      "--listen-client-urls", client,
-		      "--advertise-client-urls", client,
-		      "--listen-peer-urls", peer,
-		      "--initial-advertise-peer-urls", peer,
-		      "--initial-cluster", cluster,
-		      (char *)NULL);
-		_exit(127);
-	}
-	etcd.pid = pid;
-}
-
-/* Until a Range answers; bounded. */
-static int etcd_wait_ready(void)
-{
-	struct mp_etcd *e = NULL;
-	struct mp_etcd_kv *kvs = NULL;
-	size_t n = 0;
-	int64_t start = now_ms();
-	int ret = MP_EUNAVAIL, status;
-
-	if (mp_etcd_open(etcd.endpoint, "/ready/", 500, &e, NULL) != 0)
-		return -1;
-	while (now_ms() - start < READY_WAIT_MS) {
-		ret = mp_etcd_range(e, "probe", &kvs, &n, NULL);
-		if (ret == 0)
-			break;
-		if (waitpid(etcd.pid, &status, WNOHANG) == etcd.pid) {
-			print_error("etcd exited early; see %s/etcd.log\n", etcd.dir);
-			etcd.pid = 0;
-			break;
-		}
-		sleep_ms(100);
-	}
-	mp_etcd_kvs_free(kvs, n);
-	mp_etcd_close(&e);
-	if (ret != 0)
-		print_error("etcd not ready after %d ms (%s); see %s/etcd.log\n",
-			    READY_WAIT_MS, mp_strerror(ret), etcd.dir);
-	return ret == 0 ? 0 : -1;
-}
-
-static void etcd_kill(void)
-{
-	int status;
-
-	if (etcd.pid <= 0)
-		return;
-	kill(etcd.pid, SIGKILL);
-	/* Bounded: SIGKILL cannot be caught. */
-	while (waitpid(etcd.pid, &status, 0) < 0 && errno == EINTR)
-		;
-	etcd.pid = 0;
-}
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
+static struct test_etcd etcd;
 
 /* ------------------------------------------------- fake storage nodes */
 
@@ -315,30 +186,17 @@ static void fakes_stop(void)
 static int group_setup(void **state)
 {
 	(void)state;
-	if (!find_etcd()) {
+	if (!test_etcd_find(&etcd, false)) {
 		print_error("etcd not found at /usr/bin/etcd: install the etcd-server package\n");
 		return -1;
 	}
-	snprintf(etcd.dir, sizeof(etcd.dir), "/tmp/mp_ctl_test.XXXXXX");
-	if (mkdtemp(etcd.dir) == NULL)
-		return -1;
-	etcd.client_port = free_port();
-	do {
-		etcd.peer_port = free_port();
-	} while (etcd.peer_port == etcd.client_port);
-	snprintf(etcd.endpoint, sizeof(etcd.endpoint), "127.0.0.1:%d", etcd.client_port);
-	etcd_spawn();
-	return etcd_wait_ready();
+	return test_etcd_start(&etcd, "/tmp/mp_ctl_test.XXXXXX");
 }
 
 static int group_teardown(void **state)
 {
 	(void)state;
-	etcd_kill();
-	if (getenv("MP_ETCD_TEST_KEEP") != NULL)
-		print_message("kept %s\n", etcd.dir);
-	else if (etcd.dir[0] != '\0')
-		(void)nftw(etcd.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	test_etcd_stop(&etcd, "MP_ETCD_TEST_KEEP");
 	return 0;
 }
 

@@ -1749,3 +1749,149 @@ int store_shard_digest(struct store *st, uint32_t shard, uint8_t sha[32],
 	mp_arena_free(&a);
 	return ret;
 }
+
+/* ------------------------------------------------------------ snapshots */
+
+int store_snapshot_read(struct store *st, uint32_t shard, store_snapshot_emit emit,
+			void *arg, uint64_t *epoch_r, uint64_t *lsn_r)
+{
+	struct mp_arena a;
+	struct sk pre, applied;
+	int ret = 0;
+	if (shard >= st->o.shards)
+		return MP_EINVAL;
+	mp_arena_init(&a);
+	const rocksdb_snapshot_t *snap = rocksdb_create_snapshot(st->db);
+	rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+	rocksdb_readoptions_set_snapshot(ro, snap);
+	struct rd r = { st, &a, ro, snap, NULL };
+	*epoch_r = 0;
+	*lsn_r = 0;
+	sk_shard(&pre, shard);
+	sk_applied(&applied, shard);
+	char *v;
+	size_t vl;
+	if (rd_get(&r, CF_META, &applied, &v, &vl) == 0 && vl == 16) {
+		*epoch_r = mp_be64_get(v);
+		*lsn_r = mp_be64_get(v + 8);
+	}
+	for (int cf = CF_META; cf <= CF_BLOB && ret == 0; cf++) {
+		struct it it;
+		it_open(&r, cf, &pre, NULL, &it);
+		for (; it_valid(&it) && ret == 0; it_next(&it)) {
+			size_t kl, l;
+			const char *k = it_key(&it, &kl);
+			const char *val = it_val(&it, &l);
+			if (cf == CF_META && kl == applied.len && memcmp(k, applied.b, kl) == 0)
+				continue;
+			ret = emit(arg, cf, k, kl, val, l);
+		}
+		int cr = it_close(&it);
+		if (ret == 0)
+			ret = cr;
+	}
+	if (ret == 0 && *lsn_r > 0) {
+		/* the record at the position: a follower's history check needs it */
+		struct sk lk;
+		sk_log(&lk, shard, *lsn_r);
+		if (rd_get(&r, CF_LOG, &lk, &v, &vl) == 0)
+			ret = emit(arg, CF_LOG, lk.b, lk.len, v, vl);
+	}
+	rocksdb_readoptions_destroy(ro);
+	rocksdb_release_snapshot(st->db, snap);
+	mp_arena_free(&a);
+	return ret;
+}
+
+static int snap_write(struct store *st, rocksdb_writebatch_t *wb)
+{
+	char *err = NULL;
+	rocksdb_write(st->db, st->wo_sync, wb, &err);
+	rocksdb_writebatch_destroy(wb);
+	if (err != NULL) {
+		mp_log_error("store_snapshot_write_failed", "error=\"%s\"", err);
+		rocksdb_free(err);
+		st->broken = true;
+		return MP_EIO;
+	}
+	return 0;
+}
+
+static int snap_lock(struct store *st, uint32_t shard)
+{
+	if (shard >= st->o.shards)
+		return MP_EINVAL;
+	pthread_mutex_lock(&st->shard_mu[shard]);
+	pthread_mutex_lock(&st->role_mu);
+	int role = st->role[shard];
+	pthread_mutex_unlock(&st->role_mu);
+	if (role == STORE_ROLE_LEADER || st->broken) {
+		pthread_mutex_unlock(&st->shard_mu[shard]);
+		return st->broken ? MP_EUNAVAIL : MP_ESTATE;
+	}
+	return 0;
+}
+
+int store_snapshot_begin(struct store *st, uint32_t shard)
+{
+	int ret = snap_lock(st, shard);
+	if (ret < 0)
+		return ret;
+	struct sk pre, up;
+	sk_shard(&pre, shard);
+	sk_upper(&up, &pre);
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	for (int cf = 0; cf < CF_COUNT; cf++)
+		rocksdb_writebatch_delete_range_cf(wb, st->cf[cf], pre.b, pre.len, up.b, up.len);
+	ret = snap_write(st, wb);
+	if (ret == 0) {
+		st->lsn[shard] = 0;
+		st->trimmed[shard] = 0;
+	}
+	pthread_mutex_unlock(&st->shard_mu[shard]);
+	mp_log_info("store_snapshot_begin", "shard=%u ret=%d", shard, ret);
+	return ret;
+}
+
+int store_snapshot_put(struct store *st, uint32_t shard, const int *cf,
+		       const ProtobufCBinaryData *keys, const ProtobufCBinaryData *vals,
+		       size_t n)
+{
+	struct sk pre;
+	sk_shard(&pre, shard);
+	for (size_t i = 0; i < n; i++)
+		if (cf[i] < 0 || cf[i] >= CF_COUNT || keys[i].len < pre.len ||
+		    memcmp(keys[i].data, pre.b, pre.len) != 0)
+			return MP_EINVAL;
+	int ret = snap_lock(st, shard);
+	if (ret < 0)
+		return ret;
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	for (size_t i = 0; i < n; i++)
+		rocksdb_writebatch_put_cf(wb, st->cf[cf[i]], (const char *)keys[i].data,
+					  keys[i].len, (const char *)vals[i].data, vals[i].len);
+	ret = snap_write(st, wb);
+	pthread_mutex_unlock(&st->shard_mu[shard]);
+	return ret;
+}
+
+int store_snapshot_end(struct store *st, uint32_t shard, uint64_t epoch, uint64_t lsn)
+{
+	int ret = snap_lock(st, shard);
+	if (ret < 0)
+		return ret;
+	if (epoch > st->epoch[shard])
+		st->epoch[shard] = epoch;
+	uint64_t old = st->lsn[shard];
+	st->lsn[shard] = lsn;
+	st->trimmed[shard] = lsn;
+	rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+	batch_applied(st, wb, shard);
+	ret = snap_write(st, wb);
+	if (ret < 0)
+		st->lsn[shard] = old;
+	pthread_mutex_unlock(&st->shard_mu[shard]);
+	mp_log_info("store_snapshot_installed", "shard=%u epoch=%llu lsn=%llu ret=%d", shard,
+		    (unsigned long long)epoch, (unsigned long long)lsn, ret);
+	return ret;
+}

@@ -162,6 +162,24 @@ struct store_log {
 int store_read_log(struct store *st, uint32_t shard, uint64_t from_lsn,
 		   size_t max_bytes, struct store_log *out);
 void store_log_free(struct store_log *l);
+/* Snapshot transfer. Leader: every meta and blob key of the shard (the
+ * applied position left out) and the log record at the snapshot's lsn,
+ * from one RocksDB snapshot, to emit (stop on a negative return); the
+ * snapshot's position in *epoch_r, *lsn_r. */
+typedef int (*store_snapshot_emit)(void *arg, int cf, const char *key, size_t klen,
+				   const char *val, size_t vlen);
+int store_snapshot_read(struct store *st, uint32_t shard, store_snapshot_emit emit,
+			void *arg, uint64_t *epoch_r, uint64_t *lsn_r);
+/* Follower: begin wipes the shard and its position (a crash before end
+ * leaves lsn 0, so the next attempt starts over), put adds keys (cf 0..2),
+ * end sets the position. Each is one synced write under the shard's lock;
+ * refused (MP_ESTATE) while this node leads the shard. */
+int store_snapshot_begin(struct store *st, uint32_t shard);
+int store_snapshot_put(struct store *st, uint32_t shard, const int *cf,
+		       const ProtobufCBinaryData *keys, const ProtobufCBinaryData *vals,
+		       size_t n);
+int store_snapshot_end(struct store *st, uint32_t shard, uint64_t epoch, uint64_t lsn);
+
 /* SHA-256 over the shard's meta and blob keys and values (a snapshot;
  * the applied-position key left out), its key count and its position. */
 int store_shard_digest(struct store *st, uint32_t shard, uint8_t sha[32],

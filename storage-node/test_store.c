@@ -900,6 +900,65 @@ static void test_cluster_replication(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+struct snap_copy {
+	struct store *dst;
+	int err;
+};
+
+static int snap_copy_emit(void *arg, int cf, const char *k, size_t kl, const char *v, size_t vl)
+{
+	struct snap_copy *c = arg;
+	ProtobufCBinaryData key = { kl, (uint8_t *)k }, val = { vl, (uint8_t *)v };
+	c->err = store_snapshot_put(c->dst, 0, &cf, &key, &val, 1);
+	return c->err;
+}
+
+/* A shard copied by snapshot is the same shard: same digest, same
+ * position, and the copy can lead it. */
+static void test_snapshot_copy(void **state)
+{
+	struct store *st = *state;
+	mk_domain(st, "example.test");
+	mk_user(st, "a@example.test");
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(append(st, "a@example.test", "INBOX", "Subject: s\r\n\r\nx\r\n",
+					NULL, 0, NULL, NULL), 0);
+	snprintf(dir2, sizeof(dir2), "/tmp/merpati-test-store4-XXXXXX");
+	assert_non_null(mkdtemp(dir2));
+	struct store *b = open_dir(dir2);
+	/* b holds something else first: the snapshot replaces it */
+	mk_domain(b, "other.test");
+	assert_int_equal(store_snapshot_begin(b, 0), 0);
+	struct snap_copy c = { b, 0 };
+	uint64_t epoch, lsn;
+	assert_int_equal(store_snapshot_read(st, 0, snap_copy_emit, &c, &epoch, &lsn), 0);
+	assert_int_equal(store_snapshot_end(b, 0, epoch, lsn), 0);
+	uint8_t d1[32], d2[32];
+	uint64_t k1, k2, e1, e2, l1, l2;
+	assert_int_equal(store_shard_digest(st, 0, d1, &k1, &e1, &l1), 0);
+	assert_int_equal(store_shard_digest(b, 0, d2, &k2, &e2, &l2), 0);
+	assert_int_equal(k1, k2);
+	assert_memory_equal(d1, d2, 32);
+	assert_int_equal(l1, l2);
+	uint64_t ep;
+	assert_int_equal(store_log_epoch(b, 0, lsn, &ep), 0);
+	/* the copy refuses a snapshot while it leads */
+	store_set_cluster(b, true);
+	store_set_role(b, 0, STORE_ROLE_LEADER, 2, "b");
+	assert_int_equal(store_snapshot_begin(b, 0), MP_ESTATE);
+	uint32_t uid;
+	assert_int_equal(append(b, "a@example.test", "INBOX", "Subject: t\r\n\r\nx\r\n",
+				NULL, 0, &uid, NULL), 0);
+	assert_int_equal(uid, 6);
+	Merpati__V1__DomainRequest d = MERPATI__V1__DOMAIN_REQUEST__INIT;
+	d.name = "other.test";
+	assert_int_equal(call(b, STORE_GET_DOMAIN, &d, NULL, NULL), MP_ENOENT);
+	store_close(&b);
+	char cmd[300];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir2);
+	assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -913,6 +972,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_uidvalidity_never_repeats, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cluster_replication, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_request_id_dedup, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_snapshot_copy, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -231,3 +231,38 @@ def test_etcd_restart_under_load(cluster3, tmp_path):
     assert acked > 100
     wait_for("all in sync", lambda: all_in_sync(c), 90)
     check_all(c, acklog)
+
+
+def test_snapshot_for_a_replica_the_log_cannot_reach(tmp_path):
+    """A follower down while its shard's leader wrote more than the log
+    keeps (--log_retain 20) gets the shard by snapshot, then the log, and
+    rejoins the in-sync set with the same data."""
+    from conftest import Cluster, dev
+    path = tmp_path / "c3s"
+    dev("up", "--dir", str(path), "--nodes", "3", "--", "--log_retain", "20")
+    try:
+        c = Cluster(path)
+        wait_for("all shards in sync", lambda: all_in_sync(c))
+        rctl(c, "domain", "add", "load.test")
+        rctl(c, "user", "add", "load0@load.test", input="secret\n")
+        shard = int(re.search(r"shard[=:] *(\d+)",
+                              rctl(c, "user", "show", "load0@load.test").stdout).group(1))
+        rec = shard_records(c)[shard]
+        follower = next(n for n in rec["replicas"] if n != rec["leader"])
+        fi = node_index(c, follower)
+        c.stop_node(fi)
+        acklog = tmp_path / "acks"
+        r = subprocess.run(
+            [bin("mp-loadclient"), "load", "--etcd", c.etcd_endpoints,
+             "--cluster", c.cluster_name, "--users", "1", "--threads", "4",
+             "--seconds", "60", "--max-appends", "600", "--size", "512",
+             "--acklog", str(acklog)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        c.restart()
+        wait_for("the stopped follower back in sync", lambda: all_in_sync(c), 120)
+        log = c.node_log(fi)
+        assert re.search(r"repl_snapshot_pulled shard=%d .*ret=OK" % shard, log), \
+            log[-3000:]
+        check_all(c, acklog)
+    finally:
+        dev("down", "--dir", str(path))
