@@ -71,7 +71,7 @@ static const struct mp_config_opt opts[] = {
 	{ "rf", MP_CONF_UINT, O(rf), "3", "replicas per shard (when creating the cluster)", 1, 7 },
 	{ "min_isr", MP_CONF_UINT, O(min_isr), "2",
 	  "in-sync replicas a write needs (when creating the cluster)", 1, 7 },
-	{ "lease_ttl", MP_CONF_DURATION, O(lease_ttl), "5s",
+	{ "lease_ttl", MP_CONF_DURATION, O(lease_ttl), "3s",
 	  "etcd lease of the node's record: how soon a dead node is noticed", 1000, 600000 },
 	{ "ack_timeout", MP_CONF_DURATION, O(ack_timeout), "2s",
 	  "how long a leader waits for a follower before dropping it from the ISR", 100, 60000 },
