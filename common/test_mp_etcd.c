@@ -16,22 +16,14 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,8 +32,8 @@
 #include "mp_etcd.h"
 #include "mp_log.h"
 #include "mp_rpc.h"
+#include "test_etcd_spawn.h"
 
-#define READY_WAIT_MS 30000  /* etcd start, bounded */
 #define WAIT_MS 10000        /* any other wait for something to happen */
 #define MAX_SEEN 64
 
@@ -74,180 +66,26 @@ static void deadline_ts(struct timespec *ts, int64_t ms)
 	}
 }
 
-/* A port nobody listens on right now: bound to port 0, then closed. */
-static int free_port(void)
-{
-	struct sockaddr_in a;
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-	assert_true(fd >= 0);
-	memset(&a, 0, sizeof(a));
-	a.sin_family = AF_INET;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-	port = ntohs(a.sin_port);
-	close(fd);
-	return port;
-}
-
 /* ------------------------------------------------------ our own etcd */
 
-static struct {
-	char bin[256];
-	char dir[64];         /* mkdtemp folder: data/ and etcd.log */
-	int client_port, peer_port;
-	pid_t pid;
-	char endpoint[64];    /* "127.0.0.1:<client port>" */
-} etcd;
-
-static bool find_etcd(void)
-{
-	const char *path = getenv("PATH");
-	char *copy, *save = NULL, *dir;
-	bool found = false;
-
-	if (path != NULL && (copy = strdup(path)) != NULL) {
-		for (dir = strtok_r(copy, ":", &save); dir != NULL && !found;
-		     dir = strtok_r(NULL, ":", &save)) {
-			snprintf(etcd.bin, sizeof(etcd.bin), "%s/etcd", dir);
-			found = access(etcd.bin, X_OK) == 0;
-		}
-		free(copy);
-	}
-	if (!found) {
-		snprintf(etcd.bin, sizeof(etcd.bin), "/usr/bin/etcd");
-		found = access(etcd.bin, X_OK) == 0;
-	}
-	return found;
-}
-
-static void etcd_spawn(void)
-{
-	char data[128], logf[128], client[64], peer[64], cluster[96];
-	pid_t pid;
-	int fd;
-
-	snprintf(data, sizeof(data), "%s/data", etcd.dir);
-	snprintf(logf, sizeof(logf), "%s/etcd.log", etcd.dir);
-	snprintf(client, sizeof(client), "http://127.0.0.1:%d", etcd.client_port);
-	snprintf(peer, sizeof(peer), "http://127.0.0.1:%d", etcd.peer_port);
-	snprintf(cluster, sizeof(cluster), "default=%s", peer);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		/* Only async-signal-safe calls until exec. etcd dies with us
-		 * if the test crashes. */
-		sigset_t none;
-
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		/* The mask survives exec: give etcd its signals back. */
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		fd = open(logf, O_WRONLY | O_CREAT | O_APPEND, 0600);
-		if (fd >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-			close(fd);
-		}
-		execl(etcd.bin, etcd.bin, "--name", "default",
-		      "--data-dir", data,
-		      "--listen-client-urls", client,
-		      "--advertise-client-urls", client,
-		      "--listen-peer-urls", peer,
-		      "--initial-advertise-peer-urls", peer,
-		      "--initial-cluster", cluster,
-		      (char *)NULL);
-		_exit(127);
-	}
-	etcd.pid = pid;
-}
-
-/* Until a Range answers; bounded. Returns how long it took. */
-static int64_t etcd_wait_ready(void)
-{
-	struct mp_etcd *e = NULL;
-	struct mp_etcd_kv *kv = NULL;
-	int64_t start = now_ms();
-	int ret = MP_EUNAVAIL, status;
-
-	assert_int_equal(mp_etcd_open(etcd.endpoint, "/ready/", 500, &e, NULL),
-			 0);
-	while (now_ms() - start < READY_WAIT_MS) {
-		ret = mp_etcd_get(e, "probe", &kv, NULL);
-		if (ret == 0 || ret == MP_ENOENT)
-			break;
-		if (waitpid(etcd.pid, &status, WNOHANG) == etcd.pid) {
-			print_error("etcd exited early; see %s/etcd.log\n",
-				    etcd.dir);
-			etcd.pid = 0;
-			break;
-		}
-		sleep_ms(100);
-	}
-	mp_etcd_kvs_free(kv, 1);
-	mp_etcd_close(&e);
-	if (ret != 0 && ret != MP_ENOENT)
-		print_error("etcd not ready after %d ms (%s); see %s/etcd.log\n",
-			    READY_WAIT_MS, mp_strerror(ret), etcd.dir);
-	assert_true(ret == 0 || ret == MP_ENOENT);
-	return now_ms() - start;
-}
-
-static void etcd_kill9(void)
-{
-	int status;
-
-	if (etcd.pid <= 0)
-		return;
-	kill(etcd.pid, SIGKILL);
-	/* Bounded: SIGKILL cannot be caught. */
-	while (waitpid(etcd.pid, &status, 0) < 0 && errno == EINTR)
-		;
-	etcd.pid = 0;
-}
-
-static int rm_entry(const char *path, const struct stat *sb, int flag,
-		    struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
+static struct test_etcd etcd;
 
 static int group_setup(void **state)
 {
 	(void)state;
-	if (!find_etcd()) {
+	if (!test_etcd_find(&etcd, true)) {
 		print_error("etcd not found in PATH nor at /usr/bin/etcd: "
 			    "install the etcd-server package\n");
 		return -1;
 	}
-	snprintf(etcd.dir, sizeof(etcd.dir), "/tmp/mp_etcd_test.XXXXXX");
-	if (mkdtemp(etcd.dir) == NULL)
-		return -1;
-	etcd.client_port = free_port();
-	do {
-		etcd.peer_port = free_port();
-	} while (etcd.peer_port == etcd.client_port);
-	snprintf(etcd.endpoint, sizeof(etcd.endpoint), "127.0.0.1:%d",
-		 etcd.client_port);
-	etcd_spawn();
-	(void)etcd_wait_ready();
-	return 0;
+	return test_etcd_start(&etcd, "/tmp/mp_etcd_test.XXXXXX");
 }
 
 static int group_teardown(void **state)
 {
 	(void)state;
-	etcd_kill9();
 	/* MP_ETCD_TEST_KEEP=1 keeps the data dir and etcd.log to look at. */
-	if (getenv("MP_ETCD_TEST_KEEP") != NULL)
-		print_message("kept %s\n", etcd.dir);
-	else if (etcd.dir[0] != '\0')
-		(void)nftw(etcd.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	test_etcd_stop(&etcd, "MP_ETCD_TEST_KEEP");
 	return 0;
 }
 
@@ -835,9 +673,10 @@ static void test_failover(void **state)
 	struct mp_etcd_watch *w = NULL;
 	char eps[160];
 	int64_t r1, ttl, id, t0;
-	int dead = free_port();
+	int dead = test_etcd_free_port();
 
 	(void)state;
+	assert_true(dead > 0);
 	seen_reset();
 	snprintf(eps, sizeof(eps), "127.0.0.1:%d,%s", dead, etcd.endpoint);
 	assert_int_equal(mp_etcd_open(eps, "/t-failover/", 3000, &e, NULL), 0);
@@ -958,13 +797,12 @@ static void test_etcd_restart(void **state)
 		assert_true(seen_wait(2 * k - 1, false, WAIT_MS));
 		check_event(2 * k - 2, MP_ETCD_PUT, key, "before", r1);
 
-		etcd_kill9();
+		test_etcd_kill(&etcd);
 		t0 = now_ms();
 		/* Down for longer than the 2 s TTL before etcd even starts,
 		 * so the keeper must give the short lease up. */
 		sleep_ms(2500);
-		etcd_spawn();
-		(void)etcd_wait_ready();
+		assert_int_equal(test_etcd_respawn(&etcd), 0);
 		print_message("etcd back %lld ms after kill -9\n",
 			      (long long)(now_ms() - t0));
 
@@ -1037,7 +875,7 @@ int main(void)
 	int ret;
 
 	/* etcd missing must fail the run, not skip it. */
-	if (!find_etcd()) {
+	if (!test_etcd_find(&etcd, true)) {
 		fprintf(stderr, "test_mp_etcd: FAILED: etcd not found in PATH "
 			"nor at /usr/bin/etcd; install the etcd-server "
 			"package\n");

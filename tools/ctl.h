@@ -107,6 +107,9 @@ int ctl_usage_error(const struct ctl *c, const char *fmt, ...)
 int ctl_call(struct ctl *c, const char *method, const ProtobufCMessage *req,
 	     const ProtobufCMessageDescriptor *resp_desc,
 	     ProtobufCMessage **resp_r);
+/* ctl_call for a method that answers Empty: the reply is freed here. */
+int ctl_call_empty(struct ctl *c, const char *method,
+		   const ProtobufCMessage *req);
 /* Opens the channel (and starts gRPC) if not yet done. Exit status. */
 int ctl_connect(struct ctl *c);
 /* Starts gRPC if not yet done (mp_rpc_init, once). */

@@ -22,19 +22,47 @@
 
 /* ------------------------------------------------------------- domains */
 
+static int ctl_domain_arg(struct ctl *c, char *domain)
+{
+	const char *error;
+
+	if (ctl_check_domain(domain, &error) != 0) {
+		ctl_err(c, "bad domain \"%s\": %s", domain, error);
+		return CTL_EXIT_INVALID;
+	}
+	return CTL_EXIT_OK;
+}
+
+/* Moves the paging cursor after to last, the final key of a page that said
+ * "more". A page that does not move forward would loop for ever: last
+ * must differ from the cursor, and with ordered also sort after it.
+ * CTL_EXIT_OK, or CTL_EXIT_ERROR after a message. */
+static int ctl_page_advance(struct ctl *c, const char *method,
+			    const char *last, int ordered, char *after,
+			    size_t after_size)
+{
+	int cmp = last != NULL ? strcmp(last, after) : 0;
+
+	if (last == NULL || cmp == 0 || (ordered && cmp < 0) ||
+	    strlen(last) >= after_size) {
+		ctl_err(c, "%s: the node's paging did not advance", method);
+		return CTL_EXIT_ERROR;
+	}
+	snprintf(after, after_size, "%s", last);
+	return CTL_EXIT_OK;
+}
+
 int ctl_cmd_domain_add(struct ctl *c, char **args, int nargs)
 {
 	Merpati__V1__DomainRequest req = MERPATI__V1__DOMAIN_REQUEST__INIT;
 	Merpati__V1__DomainReply *resp = NULL;
-	const char *error;
 	char *name = args[0];
 	int ret;
 
 	(void)nargs;
-	if (ctl_check_domain(name, &error) != 0) {
-		ctl_err(c, "bad domain \"%s\": %s", args[0], error);
-		return CTL_EXIT_INVALID;
-	}
+	ret = ctl_domain_arg(c, name);
+	if (ret != CTL_EXIT_OK)
+		return ret;
 	req.name = name;
 	ret = ctl_call(c, "CreateDomain", &req.base,
 		       &merpati__v1__domain_reply__descriptor,
@@ -60,6 +88,7 @@ int ctl_cmd_domain_list(struct ctl *c, char **args, int nargs)
 	for (pages = 0; pages < CTL_PAGES_MAX; pages++) {
 		Merpati__V1__ListDomainsReply *resp = NULL;
 		size_t i;
+		const char *last;
 		int more;
 
 		req.after = after;
@@ -75,25 +104,14 @@ int ctl_cmd_domain_list(struct ctl *c, char **args, int nargs)
 			       ctl_fmt_time(d->created, when, sizeof when));
 		}
 		more = resp->more;
-		if (more) {
-			const char *last = resp->n_domains > 0 ?
-				resp->domains[resp->n_domains - 1]->name : NULL;
-
-			/* A page that does not move forward would loop
-			 * for ever. */
-			if (last == NULL || strcmp(last, after) <= 0 ||
-			    strlen(last) >= sizeof after) {
-				protobuf_c_message_free_unpacked(&resp->base,
-								 NULL);
-				ctl_err(c, "ListDomains: the node's paging "
-					"did not advance");
-				return CTL_EXIT_ERROR;
-			}
-			snprintf(after, sizeof after, "%s", last);
-		}
+		last = resp->n_domains > 0 ?
+		       resp->domains[resp->n_domains - 1]->name : NULL;
+		if (more)
+			ret = ctl_page_advance(c, "ListDomains", last, 1, after,
+					       sizeof after);
 		protobuf_c_message_free_unpacked(&resp->base, NULL);
-		if (!more)
-			return CTL_EXIT_OK;
+		if (ret != CTL_EXIT_OK || !more)
+			return ret;
 	}
 	ctl_err(c, "ListDomains: too many pages");
 	return CTL_EXIT_ERROR;
@@ -102,24 +120,18 @@ int ctl_cmd_domain_list(struct ctl *c, char **args, int nargs)
 int ctl_cmd_domain_del(struct ctl *c, char **args, int nargs)
 {
 	Merpati__V1__DomainRequest req = MERPATI__V1__DOMAIN_REQUEST__INIT;
-	Merpati__V1__Empty *resp = NULL;
-	const char *error;
 	char *name = args[0];
 	int ret;
 
 	(void)nargs;
-	if (ctl_check_domain(name, &error) != 0) {
-		ctl_err(c, "bad domain \"%s\": %s", args[0], error);
-		return CTL_EXIT_INVALID;
-	}
+	ret = ctl_domain_arg(c, name);
+	if (ret != CTL_EXIT_OK)
+		return ret;
 	req.name = name;
-	ret = ctl_call(c, "DeleteDomain", &req.base,
-		       &merpati__v1__empty__descriptor,
-		       (ProtobufCMessage **)&resp);
+	ret = ctl_call_empty(c, "DeleteDomain", &req.base);
 	if (ret != CTL_EXIT_OK)
 		return ret;
 	printf("deleted domain %s\n", name);
-	protobuf_c_message_free_unpacked(&resp->base, NULL);
 	return CTL_EXIT_OK;
 }
 
@@ -259,15 +271,13 @@ int ctl_cmd_user_list(struct ctl *c, char **args, int nargs)
 		MERPATI__V1__LIST_ACCOUNTS_REQUEST__INIT;
 	char after[CTL_USER_LEN_MAX + 1] = "";
 	char quota[32];
-	const char *error;
 	int pages, ret;
 
 	req.domain = (char *)"";
 	if (nargs == 1) {
-		if (ctl_check_domain(args[0], &error) != 0) {
-			ctl_err(c, "bad domain \"%s\": %s", args[0], error);
-			return CTL_EXIT_INVALID;
-		}
+		ret = ctl_domain_arg(c, args[0]);
+		if (ret != CTL_EXIT_OK)
+			return ret;
 		req.domain = args[0];
 	}
 	if (c->opt.etcd != NULL)
@@ -276,6 +286,7 @@ int ctl_cmd_user_list(struct ctl *c, char **args, int nargs)
 	for (pages = 0; pages < CTL_PAGES_MAX; pages++) {
 		Merpati__V1__ListAccountsReply *resp = NULL;
 		size_t i;
+		const char *last;
 		int more;
 
 		req.after = after;
@@ -295,24 +306,14 @@ int ctl_cmd_user_list(struct ctl *c, char **args, int nargs)
 			       (unsigned long long)a->messages, a->shard);
 		}
 		more = resp->more;
-		if (more) {
-			const char *last = resp->n_accounts > 0 ?
-				resp->accounts[resp->n_accounts - 1]->user :
-				NULL;
-
-			if (last == NULL || strcmp(last, after) == 0 ||
-			    strlen(last) >= sizeof after) {
-				protobuf_c_message_free_unpacked(&resp->base,
-								 NULL);
-				ctl_err(c, "ListAccounts: the node's paging "
-					"did not advance");
-				return CTL_EXIT_ERROR;
-			}
-			snprintf(after, sizeof after, "%s", last);
-		}
+		last = resp->n_accounts > 0 ?
+		       resp->accounts[resp->n_accounts - 1]->user : NULL;
+		if (more)
+			ret = ctl_page_advance(c, "ListAccounts", last, 0, after,
+					       sizeof after);
 		protobuf_c_message_free_unpacked(&resp->base, NULL);
-		if (!more)
-			return CTL_EXIT_OK;
+		if (ret != CTL_EXIT_OK || !more)
+			return ret;
 	}
 	ctl_err(c, "ListAccounts: too many pages");
 	return CTL_EXIT_ERROR;
@@ -321,7 +322,6 @@ int ctl_cmd_user_list(struct ctl *c, char **args, int nargs)
 int ctl_cmd_user_del(struct ctl *c, char **args, int nargs)
 {
 	Merpati__V1__UserRequest req = MERPATI__V1__USER_REQUEST__INIT;
-	Merpati__V1__Empty *resp = NULL;
 	int ret;
 
 	(void)nargs;
@@ -329,13 +329,10 @@ int ctl_cmd_user_del(struct ctl *c, char **args, int nargs)
 	if (ret != CTL_EXIT_OK)
 		return ret;
 	req.user = args[0];
-	ret = ctl_call(c, "DeleteAccount", &req.base,
-		       &merpati__v1__empty__descriptor,
-		       (ProtobufCMessage **)&resp);
+	ret = ctl_call_empty(c, "DeleteAccount", &req.base);
 	if (ret != CTL_EXIT_OK)
 		return ret;
 	printf("deleted user %s\n", args[0]);
-	protobuf_c_message_free_unpacked(&resp->base, NULL);
 	return CTL_EXIT_OK;
 }
 
@@ -343,7 +340,6 @@ int ctl_cmd_user_passwd(struct ctl *c, char **args, int nargs)
 {
 	Merpati__V1__SetPasswordRequest req =
 		MERPATI__V1__SET_PASSWORD_REQUEST__INIT;
-	Merpati__V1__Empty *resp = NULL;
 	char *hash = NULL;
 	int ret;
 
@@ -356,14 +352,11 @@ int ctl_cmd_user_passwd(struct ctl *c, char **args, int nargs)
 		return ret;
 	req.user = args[0];
 	req.password_hash = hash;
-	ret = ctl_call(c, "SetPassword", &req.base,
-		       &merpati__v1__empty__descriptor,
-		       (ProtobufCMessage **)&resp);
+	ret = ctl_call_empty(c, "SetPassword", &req.base);
 	ctl_hash_free(&hash);
 	if (ret != CTL_EXIT_OK)
 		return ret;
 	printf("password of %s changed\n", args[0]);
-	protobuf_c_message_free_unpacked(&resp->base, NULL);
 	return CTL_EXIT_OK;
 }
 
@@ -415,7 +408,6 @@ int ctl_cmd_user_show(struct ctl *c, char **args, int nargs)
 int ctl_cmd_user_quota(struct ctl *c, char **args, int nargs)
 {
 	Merpati__V1__SetQuotaRequest req = MERPATI__V1__SET_QUOTA_REQUEST__INIT;
-	Merpati__V1__Empty *resp = NULL;
 	uint64_t quota;
 	char text[32];
 	int ret;
@@ -429,14 +421,11 @@ int ctl_cmd_user_quota(struct ctl *c, char **args, int nargs)
 		return ret;
 	req.user = args[0];
 	req.quota_bytes = quota;
-	ret = ctl_call(c, "SetQuota", &req.base,
-		       &merpati__v1__empty__descriptor,
-		       (ProtobufCMessage **)&resp);
+	ret = ctl_call_empty(c, "SetQuota", &req.base);
 	if (ret != CTL_EXIT_OK)
 		return ret;
 	printf("quota of %s set to %s\n", args[0],
 	       ctl_fmt_size(quota, 1, text, sizeof text));
-	protobuf_c_message_free_unpacked(&resp->base, NULL);
 	return CTL_EXIT_OK;
 }
 
@@ -444,7 +433,6 @@ static int ctl_set_state(struct ctl *c, char *user,
 			 Merpati__V1__AccountState st)
 {
 	Merpati__V1__SetStateRequest req = MERPATI__V1__SET_STATE_REQUEST__INIT;
-	Merpati__V1__Empty *resp = NULL;
 	int ret;
 
 	ret = ctl_user_arg(c, user);
@@ -452,13 +440,10 @@ static int ctl_set_state(struct ctl *c, char *user,
 		return ret;
 	req.user = user;
 	req.state = st;
-	ret = ctl_call(c, "SetState", &req.base,
-		       &merpati__v1__empty__descriptor,
-		       (ProtobufCMessage **)&resp);
+	ret = ctl_call_empty(c, "SetState", &req.base);
 	if (ret != CTL_EXIT_OK)
 		return ret;
 	printf("user %s is %s\n", user, ctl_state_name(st));
-	protobuf_c_message_free_unpacked(&resp->base, NULL);
 	return CTL_EXIT_OK;
 }
 

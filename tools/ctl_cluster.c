@@ -916,6 +916,19 @@ static const struct cs_node *cs_find(const struct cs_view *v, const char *id)
 	return NULL;
 }
 
+/* 1 with *lsn_r when node id answered ShardState with a position for
+ * shard; 0 when it is unknown, did not answer or had none. */
+static int cs_pos(const struct cs_view *v, const char *id, uint32_t shard,
+		  uint64_t *lsn_r)
+{
+	const struct cs_node *n = cs_find(v, id);
+
+	if (n == NULL || n->lsn == NULL || !n->has_pos[shard])
+		return 0;
+	*lsn_r = n->lsn[shard];
+	return 1;
+}
+
 /* A replica's lag behind its leader, as text: a number (lsns), "down" (no
  * node record), "noanswer" (ShardState failed), "?" (the leader's position
  * is unknown). *num_r set when it is a number. */
@@ -923,17 +936,17 @@ static const char *cs_lag(const struct cs_view *v, uint32_t shard,
 			  const char *leader, const char *id, char *buf,
 			  size_t buflen, int64_t *num_r, int *is_num_r)
 {
-	const struct cs_node *l = cs_find(v, leader), *r = cs_find(v, id);
+	const struct cs_node *r = cs_find(v, id);
+	uint64_t leader_lsn;
 
 	*is_num_r = 0;
 	if (r == NULL || !r->live)
 		return "down";
 	if (r->lsn == NULL)
 		return "noanswer";
-	if (!r->has_pos[shard] || l == NULL || l->lsn == NULL ||
-	    !l->has_pos[shard])
+	if (!r->has_pos[shard] || !cs_pos(v, leader, shard, &leader_lsn))
 		return "?";
-	*num_r = (int64_t)(l->lsn[shard] - r->lsn[shard]);
+	*num_r = (int64_t)(leader_lsn - r->lsn[shard]);
 	*is_num_r = 1;
 	snprintf(buf, buflen, "%" PRId64, *num_r);
 	return buf;
@@ -979,14 +992,13 @@ static void cs_print_text(struct ctl *c, const struct cs_view *v)
 	}
 	for (s = 0; s < v->config.shards; s++) {
 		const struct cs_shard *sh = &v->shards[s];
-		const struct cs_node *l;
+		uint64_t lsn;
 
 		if (!sh->present) {
 			printf("shard %u %s\n", s, sh->bad != NULL ?
 			       "invalid-record" : "no-record");
 			continue;
 		}
-		l = cs_find(v, sh->rec.leader);
 		printf("shard %u epoch=%" PRIu64 " leader=%s replicas=", s,
 		       sh->rec.epoch, sh->rec.leader);
 		cs_print_list(sh->rec.replicas,
@@ -994,8 +1006,8 @@ static void cs_print_text(struct ctl *c, const struct cs_view *v)
 		printf(" isr=");
 		cs_print_list(sh->rec.isr,
 			      sh->rec.n_isr);
-		if (l != NULL && l->lsn != NULL && l->has_pos[s])
-			printf(" lsn=%" PRIu64, l->lsn[s]);
+		if (cs_pos(v, sh->rec.leader, s, &lsn))
+			printf(" lsn=%" PRIu64, lsn);
 		else
 			printf(" lsn=?");
 		printf(" lag=");
@@ -1084,7 +1096,7 @@ static void cs_print_json(struct ctl *c, const struct cs_view *v)
 	printf("],\"shards\":[");
 	for (s = 0; s < v->config.shards; s++) {
 		const struct cs_shard *sh = &v->shards[s];
-		const struct cs_node *l;
+		uint64_t lsn;
 
 		printf("%s{\"shard\":%u", s > 0 ? "," : "", s);
 		if (!sh->present) {
@@ -1092,7 +1104,6 @@ static void cs_print_json(struct ctl *c, const struct cs_view *v)
 			       "invalid" : "none");
 			continue;
 		}
-		l = cs_find(v, sh->rec.leader);
 		printf(",\"epoch\":%" PRIu64 ",\"leader\":", sh->rec.epoch);
 		cs_json_str(sh->rec.leader);
 		printf(",\"replicas\":");
@@ -1101,8 +1112,8 @@ static void cs_print_json(struct ctl *c, const struct cs_view *v)
 		printf(",\"isr\":");
 		cs_json_list(sh->rec.isr,
 			     sh->rec.n_isr);
-		if (l != NULL && l->lsn != NULL && l->has_pos[s])
-			printf(",\"lsn\":%" PRIu64, l->lsn[s]);
+		if (cs_pos(v, sh->rec.leader, s, &lsn))
+			printf(",\"lsn\":%" PRIu64, lsn);
 		else
 			printf(",\"lsn\":null");
 		printf(",\"lag\":{");

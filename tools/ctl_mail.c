@@ -19,23 +19,24 @@
 static int ctl_mail_args(struct ctl *c, char *user, const char *mbox1,
 			 const char *mbox2)
 {
+	const char *mboxes[2] = { mbox1, mbox2 };
 	char shown[2 * CTL_MAILBOX_LEN_MAX + 8];
 	const char *error;
+	size_t i;
 
 	if (ctl_check_user(user, &error) != 0) {
 		ctl_err(c, "bad user %s: %s",
 			ctl_fmt_name(user, shown, sizeof shown), error);
 		return CTL_EXIT_INVALID;
 	}
-	if (mbox1 != NULL && ctl_check_mailbox(mbox1, &error) != 0) {
-		ctl_err(c, "bad mailbox name %s: %s",
-			ctl_fmt_name(mbox1, shown, sizeof shown), error);
-		return CTL_EXIT_INVALID;
-	}
-	if (mbox2 != NULL && ctl_check_mailbox(mbox2, &error) != 0) {
-		ctl_err(c, "bad mailbox name %s: %s",
-			ctl_fmt_name(mbox2, shown, sizeof shown), error);
-		return CTL_EXIT_INVALID;
+	for (i = 0; i < 2; i++) {
+		if (mboxes[i] != NULL &&
+		    ctl_check_mailbox(mboxes[i], &error) != 0) {
+			ctl_err(c, "bad mailbox name %s: %s",
+				ctl_fmt_name(mboxes[i], shown, sizeof shown),
+				error);
+			return CTL_EXIT_INVALID;
+		}
 	}
 	return CTL_EXIT_OK;
 }
@@ -151,7 +152,6 @@ int ctl_cmd_mailbox_rename(struct ctl *c, char **args, int nargs)
 {
 	Merpati__V1__RenameMailboxRequest req =
 		MERPATI__V1__RENAME_MAILBOX_REQUEST__INIT;
-	Merpati__V1__Empty *resp = NULL;
 	char from[2 * CTL_MAILBOX_LEN_MAX + 8], to[2 * CTL_MAILBOX_LEN_MAX + 8];
 	int ret;
 
@@ -162,22 +162,18 @@ int ctl_cmd_mailbox_rename(struct ctl *c, char **args, int nargs)
 	req.user = args[0];
 	req.name = args[1];
 	req.new_name = args[2];
-	ret = ctl_call(c, "RenameMailbox", &req.base,
-		       &merpati__v1__empty__descriptor,
-		       (ProtobufCMessage **)&resp);
+	ret = ctl_call_empty(c, "RenameMailbox", &req.base);
 	if (ret != CTL_EXIT_OK)
 		return ret;
 	printf("renamed mailbox %s to %s\n",
 	       ctl_fmt_name(args[1], from, sizeof from),
 	       ctl_fmt_name(args[2], to, sizeof to));
-	protobuf_c_message_free_unpacked(&resp->base, NULL);
 	return CTL_EXIT_OK;
 }
 
 int ctl_cmd_mailbox_delete(struct ctl *c, char **args, int nargs)
 {
 	Merpati__V1__MailboxRequest req = MERPATI__V1__MAILBOX_REQUEST__INIT;
-	Merpati__V1__Empty *resp = NULL;
 	char name[2 * CTL_MAILBOX_LEN_MAX + 8];
 	int ret;
 
@@ -187,13 +183,10 @@ int ctl_cmd_mailbox_delete(struct ctl *c, char **args, int nargs)
 		return ret;
 	req.user = args[0];
 	req.name = args[1];
-	ret = ctl_call(c, "DeleteMailbox", &req.base,
-		       &merpati__v1__empty__descriptor,
-		       (ProtobufCMessage **)&resp);
+	ret = ctl_call_empty(c, "DeleteMailbox", &req.base);
 	if (ret != CTL_EXIT_OK)
 		return ret;
 	printf("deleted mailbox %s\n", ctl_fmt_name(args[1], name, sizeof name));
-	protobuf_c_message_free_unpacked(&resp->base, NULL);
 	return CTL_EXIT_OK;
 }
 

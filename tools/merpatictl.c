@@ -425,6 +425,18 @@ int ctl_call(struct ctl *c, const char *method, const ProtobufCMessage *req,
 	return CTL_EXIT_OK;
 }
 
+int ctl_call_empty(struct ctl *c, const char *method,
+		   const ProtobufCMessage *req)
+{
+	ProtobufCMessage *resp = NULL;
+	int ret;
+
+	ret = ctl_call(c, method, req, &merpati__v1__empty__descriptor, &resp);
+	if (ret == CTL_EXIT_OK)
+		protobuf_c_message_free_unpacked(resp, NULL);
+	return ret;
+}
+
 /* ------------------------------------------------------------- options */
 
 struct ctl_optdef {
