@@ -957,33 +957,33 @@ def cmd_restart(a):
             write_env(base, nodes, build, etcd)
         print(f"etcd  {etcd.endpoint}  pid {etcd.pid}  restarted")
         return 0
-    etcd_todo = False
+    etcd_dead = False
     if a.node is not None:
-        todo = [n for n in nodes if n.index == a.node]
-        if not todo:
+        to_restart = [n for n in nodes if n.index == a.node]
+        if not to_restart:
             raise Failure(f"no node{a.node} in {base}")
-        if todo[0].running():
-            killed = stop_nodes(todo)
+        if to_restart[0].running():
+            killed = stop_nodes(to_restart)
             if killed:
-                say(f"{todo[0].name}: ignored SIGTERM; killed")
+                say(f"{to_restart[0].name}: ignored SIGTERM; killed")
     else:
-        etcd_todo = etcd is not None and not etcd.running()
-        todo = [n for n in nodes if not n.running()]
-        if not todo and not etcd_todo:
+        etcd_dead = etcd is not None and not etcd.running()
+        to_restart = [n for n in nodes if not n.running()]
+        if not to_restart and not etcd_dead:
             say("every node is running; nothing to restart")
     try:
-        if etcd_todo:
+        if etcd_dead:
             restart_etcd(etcd)
-        for n in todo:
+        for n in to_restart:
             n.start()
-        wait_ready(todo, ctl)
-        wait_cluster(todo, ctl)
+        wait_ready(to_restart, ctl)
+        wait_cluster(to_restart, ctl)
     finally:
         # The PIDs changed whether or not they became ready.
         write_env(base, nodes, build, etcd)
-    if etcd_todo:
+    if etcd_dead:
         print(f"etcd  {etcd.endpoint}  pid {etcd.pid}  restarted")
-    _print_nodes(todo, "restarted")
+    _print_nodes(to_restart, "restarted")
     return 0
 
 
