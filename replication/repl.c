@@ -11,12 +11,18 @@
  * log within the same deadline; a follower that fails is removed from the
  * ISR by CAS on the shard record before the group may be acknowledged.
  *
- * Replicas out of the ISR are caught up by the tick thread from the log,
- * and rejoin on the commit thread (store_run_exclusive) when their last lsn
- * equals the shard's, so no group can be in flight without them.
+ * Every Replicate call carries the shard's in-sync lsn (commit_lsn): the
+ * follower's store trims its log by it (DESIGN.md "Log trimming").
+ *
+ * The tick sets every shard's role from the map first, then does the slow
+ * work: takeovers, catching replicas out of the ISR up from the log (they
+ * rejoin on the commit thread, store_run_exclusive, when their last lsn
+ * equals the shard's, so no group can be in flight without them), and
+ * this node's own snapshot pulls. Snapshots are sent from a thread each.
  *
  * Never: answer OK for a shard whose ISR member neither persisted the
- * records nor left the ISR in etcd.
+ * records nor left the ISR in etcd; block a server thread waiting for its
+ * own stream to drain.
  */
 #include "repl.h"
 
@@ -62,7 +68,14 @@ struct repl {
 	pthread_mutex_t join_mu;
 	uint8_t *join_pending;      /* owned, per shard */
 	time_t *checked;            /* owned, per shard: last follower_check (tick thread) */
+	uint8_t *work;              /* owned, per shard: enum tick_work (tick thread) */
+	uint64_t *work_epoch;       /* owned, per shard: the epoch the work is for */
 	uint32_t nshards;
+	/* snapshots being sent, each on its own thread (snap_main) */
+	pthread_mutex_t snap_mu;
+	pthread_cond_t snap_cv;
+	int snap_workers;
+	bool snap_stop;             /* repl_stop ran: refuse new ones, end the rest */
 };
 
 static int64_t now_ms(void)
@@ -271,6 +284,7 @@ static int send_catchup(struct repl *r, const char *addr, uint32_t shard, uint64
 	sr.epoch = epoch;
 	sr.records = recs;
 	sr.n_records = n_log + n_extra;
+	sr.commit_lsn = store_get_in_sync_lsn(r->st, shard);
 	q.leader_id = r->node_id;
 	q.shards = &srp;
 	q.n_shards = 1;
@@ -383,6 +397,9 @@ void repl_hook(void *arg, const struct store_rec *recs, size_t n, int *result)
 				merpati__repl__v1__shard_records__init(&srs[k]);
 				srs[k].shard = ru->shard;
 				srs[k].epoch = ru->epoch;
+				/* what every in-sync member held before this
+				 * group: the follower trims its log by it */
+				srs[k].commit_lsn = store_get_in_sync_lsn(r->st, ru->shard);
 				srs[k].records = &bins[b];
 				srs[k].n_records = ru->n;
 				for (size_t j = 0; j < ru->n; j++, b++) {
@@ -583,6 +600,9 @@ static void h_replicate(struct mp_rpc_call *call, const ProtobufCMessage *req, v
 			a->error = (char *)"no such shard";
 			continue;
 		}
+		/* Before the apply, so its write trims by it; the store
+		 * ignores it from an epoch older than the shard's. */
+		store_set_in_sync_lsn(r->st, sr->shard, sr->epoch, sr->commit_lsn);
 		if (sr->n_records == 0) {
 			enum store_role role;
 			store_get_pos(r->st, sr->shard, &role, &a->epoch, &a->last_lsn);
@@ -648,12 +668,21 @@ static void h_shard_state(struct mp_rpc_call *call, const ProtobufCMessage *req,
 	free(pp);
 }
 
-/* Leader: stream a shard's snapshot in chunks of about SNAP_CHUNK bytes. */
+/* Leader: stream a shard's snapshot in chunks of about SNAP_CHUNK bytes,
+ * on a thread of its own (snap_main): the stream's send completions come
+ * back on the completion queue of the server thread that took the call, so
+ * a handler that waited there for room in the send queue would wait for
+ * itself (a snapshot of more than max_queue chunks never got through). */
 #define SNAP_CHUNK (1u << 20)
 #define SNAP_KVS_MAX 4096
+#define SNAP_QUEUE 4
+#define SNAP_WORKERS_MAX 8
 
 struct snap_out {
+	struct repl *r;
 	struct mp_rpc_call *call;
+	uint32_t shard;
+	char follower[MP_NODE_ID_MAX + 1];
 	Merpati__Repl__V1__SnapshotKV kv[SNAP_KVS_MAX];
 	Merpati__Repl__V1__SnapshotKV *kvp[SNAP_KVS_MAX];
 	uint8_t *buf;        /* owned: copies of keys and values of this chunk */
@@ -661,6 +690,14 @@ struct snap_out {
 	uint64_t epoch, lsn;
 	bool first;
 };
+
+static bool snap_stopping(struct repl *r)
+{
+	pthread_mutex_lock(&r->snap_mu);
+	bool stop = r->snap_stop;
+	pthread_mutex_unlock(&r->snap_mu);
+	return stop;
+}
 
 static int snap_flush(struct snap_out *o, bool last)
 {
@@ -673,6 +710,8 @@ static int snap_flush(struct snap_out *o, bool last)
 	/* The send queue is bounded: wait for room (the stream is the flow
 	 * control), at most a minute per chunk. */
 	for (int tries = 0; tries < 6000; tries++) {
+		if (snap_stopping(o->r))
+			return MP_ECANCELED;
 		int ret = mp_rpc_stream_send(o->call, &ch.base);
 		if (ret != MP_ENOSPC) {
 			o->n = 0;
@@ -716,37 +755,79 @@ static int snap_emit(void *arg, int cf, const char *key, size_t klen, const char
 	return 0;
 }
 
+static void *snap_main(void *arg)
+{
+	struct snap_out *o = arg;
+	struct repl *r = o->r;
+	/* The position comes with the last chunk: it is known only after the
+	 * read, from the same RocksDB snapshot as the keys. */
+	uint64_t epoch = 0, lsn = 0;
+	int ret = store_snapshot_read(r->st, o->shard, snap_emit, o, &epoch, &lsn);
+	o->epoch = epoch;
+	o->lsn = lsn;
+	if (ret == 0)
+		ret = snap_flush(o, true);
+	mp_log_info("repl_snapshot_sent", "shard=%u to=%s epoch=%llu lsn=%llu ret=%s", o->shard,
+		    o->follower, (unsigned long long)epoch, (unsigned long long)lsn,
+		    mp_strerror(ret));
+	mp_rpc_stream_finish(o->call, ret, ret < 0 ? "snapshot failed" : NULL);
+	mp_rpc_stream_release(o->call);
+	free(o->buf);
+	free(o);
+	pthread_mutex_lock(&r->snap_mu);
+	r->snap_workers--;
+	pthread_cond_broadcast(&r->snap_cv);
+	pthread_mutex_unlock(&r->snap_mu);
+	return NULL;
+}
+
 static void h_snapshot(struct mp_rpc_call *call, const ProtobufCMessage *req, void *ctx)
 {
 	struct repl *r = ctx;
 	const Merpati__Repl__V1__SnapshotRequest *q = (const void *)req;
 	struct snap_out *o = calloc(1, sizeof(*o));
-	mp_rpc_stream_start(call, 4, NULL, NULL);
+	const char *why = NULL;
+	int err = 0;
+	mp_rpc_stream_start(call, SNAP_QUEUE, NULL, NULL);
 	if (o == NULL || (o->buf = malloc(SNAP_CHUNK)) == NULL) {
-		free(o);
-		mp_rpc_stream_finish(call, MP_ENOMEM, "out of memory");
-		mp_rpc_stream_release(call);
-		return;
+		err = MP_ENOMEM;
+		why = "out of memory";
+	} else if (q->shard >= store_shard_count(r->st)) {
+		err = MP_EINVAL;
+		why = "no such shard";
 	}
-	o->cap = SNAP_CHUNK;
-	o->call = call;
-	/* The position comes with the first chunk: read it first. */
-	uint64_t epoch = 0, lsn = 0;
-	int ret = q->shard < store_shard_count(r->st)
-			  ? store_snapshot_read(r->st, q->shard, snap_emit, o, &epoch, &lsn)
-			  : MP_EINVAL;
-	/* Position is known only after the read; it travels in the last chunk
-	 * too, and the follower takes it from there. */
-	o->epoch = epoch;
-	o->lsn = lsn;
-	if (ret == 0)
-		ret = snap_flush(o, true);
-	mp_log_info("repl_snapshot_sent", "shard=%u to=%s epoch=%llu lsn=%llu ret=%s", q->shard,
-		    q->follower_id, (unsigned long long)epoch, (unsigned long long)lsn,
-		    mp_strerror(ret));
-	mp_rpc_stream_finish(call, ret, ret < 0 ? "snapshot failed" : NULL);
+	if (err == 0) {
+		o->r = r;
+		o->call = call;
+		o->cap = SNAP_CHUNK;
+		o->shard = q->shard;
+		snprintf(o->follower, sizeof(o->follower), "%s",
+			 q->follower_id != NULL ? q->follower_id : "");
+		pthread_mutex_lock(&r->snap_mu);
+		if (r->snap_stop || r->snap_workers >= SNAP_WORKERS_MAX) {
+			err = MP_EUNAVAIL;
+			why = r->snap_stop ? "node stopping" : "too many snapshots in progress";
+		} else {
+			pthread_attr_t at;
+			pthread_t t;
+			pthread_attr_init(&at);
+			pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+			if (pthread_create(&t, &at, snap_main, o) == 0) {
+				r->snap_workers++;
+			} else {
+				err = MP_ENOMEM;
+				why = "cannot start a thread";
+			}
+			pthread_attr_destroy(&at);
+		}
+		pthread_mutex_unlock(&r->snap_mu);
+		if (err == 0)
+			return; /* snap_main owns o and the call now */
+	}
+	mp_rpc_stream_finish(call, err, why);
 	mp_rpc_stream_release(call);
-	free(o->buf);
+	if (o != NULL)
+		free(o->buf);
 	free(o);
 }
 
@@ -1108,21 +1189,42 @@ static void take_longest_log(struct repl *r, uint32_t shard, const struct mp_sha
 	}
 }
 
-void repl_tick(struct repl *r)
+enum tick_work { TW_NONE, TW_TAKEOVER, TW_LEAD, TW_CHECK };
+
+/* The shard's record, and whether it still names us in the way pass 1
+ * saw (leader at that epoch, or a follower out of the ISR). */
+static bool tick_still(struct repl *r, uint32_t s, enum tick_work w, uint64_t epoch,
+		       struct mp_shard_rec *rec)
+{
+	int64_t mod;
+	if (mp_shardmap_get_shard(r->map, s, rec, &mod) < 0 || rec->epoch != epoch)
+		return false;
+	if (w == TW_CHECK)
+		return strcmp(rec->leader, r->node_id) != 0 &&
+		       mp_shard_rec_has_replica(rec, r->node_id) &&
+		       !mp_shard_rec_in_isr(rec, r->node_id);
+	return strcmp(rec->leader, r->node_id) == 0;
+}
+
+/* Every shard's role from the map, and what each needs done (r->work).
+ * 0, or MP_EUNAVAIL when the map is not loaded (or has another shard count). */
+static int tick_roles(struct repl *r)
 {
 	uint32_t nshards;
 	pthread_mutex_lock(&r->map->mu);
 	nshards = r->map->config.shards;
 	pthread_mutex_unlock(&r->map->mu);
-	if (nshards == 0 || nshards != store_shard_count(r->st))
-		return;
+	if (nshards == 0 || nshards != store_shard_count(r->st) || nshards != r->nshards)
+		return MP_EUNAVAIL;
 	for (uint32_t s = 0; s < nshards; s++) {
 		struct mp_shard_rec rec;
 		int64_t mod;
+		r->work[s] = TW_NONE;
 		if (mp_shardmap_get_shard(r->map, s, &rec, &mod) < 0) {
 			store_set_role(r->st, s, STORE_ROLE_NONE, 0, "");
 			continue;
 		}
+		r->work_epoch[s] = rec.epoch;
 		enum store_role role = strcmp(rec.leader, r->node_id) == 0 ? STORE_ROLE_LEADER
 				       : mp_shard_rec_has_replica(&rec, r->node_id) ? STORE_ROLE_FOLLOWER
 				       : STORE_ROLE_NONE;
@@ -1131,21 +1233,60 @@ void repl_tick(struct repl *r)
 			uint64_t ep, lsn;
 			store_get_pos(r->st, s, &have, &ep, &lsn);
 			if (have != STORE_ROLE_LEADER || ep < rec.epoch) {
-				/* Taking over: fence the old epoch first, then take
-				 * whatever an in-sync replica holds beyond us. */
+				/* Taking over: fence the old epoch now; serve
+				 * after take_longest_log (below). */
 				store_set_role(r->st, s, STORE_ROLE_FOLLOWER, rec.epoch, rec.leader);
-				take_longest_log(r, s, &rec);
+				r->work[s] = TW_TAKEOVER;
+				continue;
 			}
+			r->work[s] = TW_LEAD;
+		} else if (role == STORE_ROLE_FOLLOWER && !mp_shard_rec_in_isr(&rec, r->node_id)) {
+			r->work[s] = TW_CHECK;
 		}
 		store_set_role(r->st, s, role, rec.epoch, rec.leader);
-		if (role == STORE_ROLE_FOLLOWER && !mp_shard_rec_in_isr(&rec, r->node_id))
-			follower_check(r, s, &rec);
-		if (role != STORE_ROLE_LEADER)
+	}
+	return 0;
+}
+
+void repl_roles(struct repl *r)
+{
+	(void)tick_roles(r);
+}
+
+/* Roles first, for every shard, then the slow work (RPCs to other nodes,
+ * snapshots), so a node that lost a shard stops serving it at the next
+ * tick however long another shard's catch-up or snapshot takes. */
+void repl_tick(struct repl *r)
+{
+	uint32_t nshards = r->nshards;
+	if (tick_roles(r) < 0)
+		return;
+	/* Take whatever an in-sync replica holds beyond us, then lead. */
+	for (uint32_t s = 0; s < nshards; s++) {
+		struct mp_shard_rec rec;
+		if (r->work[s] != TW_TAKEOVER)
+			continue;
+		r->work[s] = TW_NONE;
+		if (!tick_still(r, s, TW_TAKEOVER, r->work_epoch[s], &rec))
+			continue;  /* changed meanwhile: the next tick decides */
+		take_longest_log(r, s, &rec);
+		store_set_role(r->st, s, STORE_ROLE_LEADER, rec.epoch, rec.leader);
+		r->work[s] = TW_LEAD;
+	}
+	/* Lagging replicas of the shards we lead, then our own lag. */
+	for (uint32_t s = 0; s < nshards; s++) {
+		struct mp_shard_rec rec;
+		if (r->work[s] != TW_LEAD || !tick_still(r, s, TW_LEAD, r->work_epoch[s], &rec))
 			continue;
 		for (size_t i = 0; i < rec.n_replicas; i++)
 			if (strcmp(rec.replicas[i], r->node_id) != 0 &&
 			    !mp_shard_rec_in_isr(&rec, rec.replicas[i]))
 				catch_up(r, s, &rec, rec.replicas[i]);
+	}
+	for (uint32_t s = 0; s < nshards; s++) {
+		struct mp_shard_rec rec;
+		if (r->work[s] == TW_CHECK && tick_still(r, s, TW_CHECK, r->work_epoch[s], &rec))
+			follower_check(r, s, &rec);
 	}
 }
 
@@ -1165,10 +1306,15 @@ int repl_create(const struct repl_opts *o, struct repl **r_r)
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_mutex_init(&r->ch_mu, NULL);
 	pthread_mutex_init(&r->join_mu, NULL);
+	pthread_mutex_init(&r->snap_mu, NULL);
+	pthread_cond_init(&r->snap_cv, NULL);
 	r->nshards = store_shard_count(o->st);
 	r->join_pending = calloc(r->nshards + 1, 1);
 	r->checked = calloc(r->nshards + 1, sizeof(*r->checked));
-	if (r->join_pending == NULL || r->checked == NULL) {
+	r->work = calloc(r->nshards + 1, sizeof(*r->work));
+	r->work_epoch = calloc(r->nshards + 1, sizeof(*r->work_epoch));
+	if (r->join_pending == NULL || r->checked == NULL || r->work == NULL ||
+	    r->work_epoch == NULL) {
 		repl_free(&r);
 		return MP_ENOMEM;
 	}
@@ -1184,19 +1330,35 @@ int repl_create(const struct repl_opts *o, struct repl **r_r)
 	return 0;
 }
 
+void repl_stop(struct repl *r)
+{
+	if (r == NULL)
+		return;
+	pthread_mutex_lock(&r->snap_mu);
+	r->snap_stop = true;
+	while (r->snap_workers > 0)
+		pthread_cond_wait(&r->snap_cv, &r->snap_mu);
+	pthread_mutex_unlock(&r->snap_mu);
+}
+
 void repl_free(struct repl **rp)
 {
 	struct repl *r = *rp;
 	if (r == NULL)
 		return;
 	*rp = NULL;
+	repl_stop(r);
 	mp_rpc_cq_stop(&r->cq);
 	for (size_t i = 0; i < r->n_chans; i++)
 		mp_rpc_channel_close(&r->chans[i].ch);
 	pthread_mutex_destroy(&r->mu);
 	pthread_mutex_destroy(&r->ch_mu);
 	pthread_mutex_destroy(&r->join_mu);
+	pthread_mutex_destroy(&r->snap_mu);
+	pthread_cond_destroy(&r->snap_cv);
 	free(r->join_pending);
 	free(r->checked);
+	free(r->work);
+	free(r->work_epoch);
 	free(r);
 }

@@ -40,8 +40,17 @@ void repl_free(struct repl **r);
 const struct mp_rpc_method *repl_methods(size_t *n_r);
 /* The store's replicator (arg: the struct repl). */
 void repl_hook(void *arg, const struct store_rec *recs, size_t n, int *result);
-/* Roles from the map into the store, and catch-up of lagging replicas.
- * Called every ~100 ms from one thread. */
+/* Roles from the map into the store (every shard first), then takeovers,
+ * catch-up of lagging replicas and this node's snapshot pulls. Called every
+ * ~100 ms from one thread. */
 void repl_tick(struct repl *r);
+/* Only the roles (no RPC, quick): before the node registers. A shard this
+ * node takes over stays fenced until repl_tick has run for it. Same thread
+ * as repl_tick. */
+void repl_roles(struct repl *r);
+/* Before the store closes: refuses new snapshot requests, ends the ones
+ * being sent (their streams fail) and waits for their threads. Safe twice;
+ * repl_free calls it too. */
+void repl_stop(struct repl *r);
 
 #endif

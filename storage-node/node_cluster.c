@@ -199,8 +199,9 @@ int node_cluster_join(struct node_cluster *nc, const char *advertise, char **err
 	if ((nc->advertise = strdup(advertise)) == NULL)
 		return MP_ENOMEM;
 	/* Roles first, so the node answers for its shards as soon as the map
-	 * names it. */
-	repl_tick(nc->repl);
+	 * names it (the slow work, a snapshot pull maybe, waits for the tick
+	 * thread: it must not hold up registering). */
+	repl_roles(nc->repl);
 	if ((ret = mp_etcd_lease_keep(nc->etcd, nc->o.lease_ttl_s, on_lease, nc, &nc->lease)) < 0) {
 		if (asprintf(error_r, "cannot register in etcd: %s", mp_strerror(ret)) < 0)
 			*error_r = NULL;
@@ -245,6 +246,9 @@ void node_cluster_leave(struct node_cluster *nc)
 	nc->ctl = NULL;
 	pthread_mutex_unlock(&nc->mu);
 	ctl_stop(&c);
+	/* Snapshot streams read the store from their own threads: ended
+	 * here, before the store closes. */
+	repl_stop(nc->repl);
 	mp_etcd_lease_stop(&nc->lease);
 }
 

@@ -58,7 +58,9 @@ static const struct mp_config_opt opts[] = {
 	{ "max_message_size", MP_CONF_SIZE, O(max_message_size), "50M",
 	  "largest message body accepted", 1024, 1ull << 30 },
 	{ "log_retain", MP_CONF_UINT, O(log_retain), "100000",
-	  "replication log records kept per shard", 0, 0 },
+	  "replication log records kept per shard below the lsn every in-sync replica has "
+	  "(a replica out of sync catches up from the log within this margin, else by "
+	  "snapshot; the log never drops what an in-sync replica lacks; 0: no margin)", 0, 0 },
 	{ "max_pending", MP_CONF_UINT, O(max_pending), "100000",
 	  "queued writes before the node answers UNAVAILABLE", 1, 10000000 },
 	{ "block_cache", MP_CONF_SIZE, O(block_cache), "64M", "RocksDB block cache", 0, 0 },

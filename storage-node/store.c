@@ -721,17 +721,54 @@ static void batch_applied(struct store *st, rocksdb_writebatch_t *wb, uint32_t s
 	mp_be64_put(v, st->epoch[shard]);
 	mp_be64_put(v + 8, st->lsn[shard]);
 	rocksdb_writebatch_put_cf(wb, st->cf[CF_META], k.b, k.len, v, sizeof(v));
-	/* Keep the last log_retain records of the shard. With replication
-	 * this should become "trimmed once every in-sync replica has it". */
-	if (st->o.log_retain > 0 && st->lsn[shard] > st->o.log_retain &&
-	    st->lsn[shard] - st->trimmed[shard] >= 256 + st->o.log_retain) {
+	/* Trim the log (DESIGN.md "Log trimming"): never past a record some
+	 * in-sync member lacks (it would need a snapshot, or, on a follower
+	 * that becomes leader, could not be caught up), and keep log_retain
+	 * records below that so a replica that drops out for a while catches
+	 * up from the log. The record at the in-sync lsn itself stays: the
+	 * leader compares a replica's last record with its own there. */
+	uint64_t point = st->lsn[shard];
+	pthread_mutex_lock(&st->role_mu);
+	if (st->cluster && st->in_sync[shard] < point)
+		point = st->in_sync[shard];
+	pthread_mutex_unlock(&st->role_mu);
+	uint64_t below = point > st->o.log_retain ? point - st->o.log_retain : 0;
+	if (below >= st->trimmed[shard] + LOG_TRIM_STEP) {
 		struct sk from, to;
 		sk_log(&from, shard, 0);
-		sk_log(&to, shard, st->lsn[shard] - st->o.log_retain);
+		sk_log(&to, shard, below);
 		rocksdb_writebatch_delete_range_cf(wb, st->cf[CF_LOG], from.b, from.len,
 						   to.b, to.len);
-		st->trimmed[shard] = st->lsn[shard] - st->o.log_retain;
+		st->trimmed[shard] = below;
 	}
+}
+
+/* Under role_mu. A stale leader's word never overrides a newer one's. */
+static void in_sync_set_locked(struct store *st, uint32_t shard, uint64_t epoch, uint64_t lsn)
+{
+	if (epoch < st->role_epoch[shard] || epoch < st->in_sync_epoch[shard])
+		return;
+	st->in_sync_epoch[shard] = epoch;
+	st->in_sync[shard] = lsn;
+}
+
+void store_set_in_sync_lsn(struct store *st, uint32_t shard, uint64_t epoch, uint64_t lsn)
+{
+	if (shard >= st->o.shards)
+		return;
+	pthread_mutex_lock(&st->role_mu);
+	in_sync_set_locked(st, shard, epoch, lsn);
+	pthread_mutex_unlock(&st->role_mu);
+}
+
+uint64_t store_get_in_sync_lsn(struct store *st, uint32_t shard)
+{
+	if (shard >= st->o.shards)
+		return 0;
+	pthread_mutex_lock(&st->role_mu);
+	uint64_t v = st->in_sync[shard];
+	pthread_mutex_unlock(&st->role_mu);
+	return v;
 }
 
 static int role_check(struct store *st, uint32_t shard, const char **msg_r,
@@ -782,6 +819,15 @@ static void replicate_group(struct store *st, struct pm **group, size_t n)
 					      sorted[i]->lsn, sorted[i]->rec, sorted[i]->rec_len };
 	if (m > 0)
 		st->replicate(st->replicate_arg, recs, m, res);
+	/* Every in-sync member holds what it answered OK for: the shard's
+	 * in-sync lsn moves to its last such record (sorted: the last one
+	 * seen). UNDER_MIN may leave a member in the ISR without them (etcd
+	 * could not be told), so it moves nothing. */
+	pthread_mutex_lock(&st->role_mu);
+	for (size_t i = 0; i < m; i++)
+		if (res[i] == STORE_REPL_OK)
+			in_sync_set_locked(st, recs[i].shard, recs[i].epoch, recs[i].lsn);
+	pthread_mutex_unlock(&st->role_mu);
 	for (size_t i = 0; i < m; i++) {
 		struct pm *pm = sorted[i];
 		if (res[i] == STORE_REPL_FENCED) {
@@ -882,8 +928,16 @@ static void run_group(struct store *st, struct pm **group, size_t n)
 	}
 	if (ok == 0)
 		goto out;
-	if (st->replicate != NULL)
+	if (st->replicate != NULL) {
 		replicate_group(st, group, n);
+	} else {
+		/* No followers: this node is the whole in-sync set. */
+		pthread_mutex_lock(&st->role_mu);
+		for (uint32_t s = 0; s < st->o.shards; s++)
+			if (touched[s])
+				in_sync_set_locked(st, s, st->epoch[s], st->lsn[s]);
+		pthread_mutex_unlock(&st->role_mu);
+	}
 
 	/* Mutations that replication fenced are not written; the lsns they
 	 * used are taken back only if nothing after them in the shard is
@@ -1023,6 +1077,8 @@ static void *commit_thread(void *arg)
 				bytes += ((const Merpati__V1__AppendRequest *)pm->req)->body.len;
 			else if (pm->op == STORE_APPEND_MANY)
 				bytes += ((const Merpati__V1__AppendManyRequest *)pm->req)->body.len;
+			else if (pm->op == STORE_QUEUE_ADD)
+				bytes += ((const Merpati__V1__QueueAddRequest *)pm->req)->body.len;
 		}
 		pthread_mutex_unlock(&st->mu);
 		if (n == 1 && group[0]->excl_fn != NULL) {
@@ -1252,13 +1308,16 @@ int store_open(const struct store_opts *opts, struct store **st_r, char **error_
 	st->lsn = calloc(st->o.shards, sizeof(*st->lsn));
 	st->epoch = calloc(st->o.shards, sizeof(*st->epoch));
 	st->trimmed = calloc(st->o.shards, sizeof(*st->trimmed));
+	st->in_sync = calloc(st->o.shards, sizeof(*st->in_sync));
+	st->in_sync_epoch = calloc(st->o.shards, sizeof(*st->in_sync_epoch));
 	st->role = calloc(st->o.shards, sizeof(*st->role));
 	st->role_epoch = calloc(st->o.shards, sizeof(*st->role_epoch));
 	st->shard_mu = calloc(st->o.shards, sizeof(*st->shard_mu));
 	st->leader = calloc(st->o.shards, sizeof(*st->leader));
 	if (st->data_dir == NULL || st->node_id == NULL || st->lsn == NULL ||
 	    st->epoch == NULL || st->trimmed == NULL || st->role == NULL || st->leader == NULL ||
-	    st->role_epoch == NULL || st->shard_mu == NULL) {
+	    st->role_epoch == NULL || st->shard_mu == NULL || st->in_sync == NULL ||
+	    st->in_sync_epoch == NULL) {
 		ret = MP_ENOMEM;
 		goto fail;
 	}
@@ -1393,6 +1452,8 @@ void store_close(struct store **stp)
 	free(st->lsn);
 	free(st->epoch);
 	free(st->trimmed);
+	free(st->in_sync);
+	free(st->in_sync_epoch);
 	free(st->role);
 	free(st->role_epoch);
 	if (st->shard_mu_init)

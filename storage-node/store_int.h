@@ -30,6 +30,9 @@ enum op_kind { OP_PUT, OP_DEL, OP_RANGE };
 #define BODY_CHUNK_MAX (4u * 1024 * 1024)
 #define GROUP_MAX_MUTATIONS 256
 #define GROUP_MAX_BYTES (64u * 1024 * 1024)
+/* The log is trimmed when at least this many records can go: one RocksDB
+ * range tombstone per step, not per group (many tombstones slow reads). */
+#define LOG_TRIM_STEP 256
 
 struct op {
 	uint8_t cf;
@@ -97,6 +100,11 @@ struct store {
 	uint64_t *epoch;  /* owned, per shard: current epoch (commit thread) */
 	uint64_t *lsn;    /* owned, per shard: last lsn written (commit thread) */
 	uint64_t *trimmed;/* owned, per shard: log trimmed below this lsn */
+	/* Per shard (role_mu): the highest lsn every in-sync member holds, as
+	 * the leader knows it, and the epoch that said so. Log trimming keeps
+	 * log_retain records below it (store.c, batch_applied). */
+	uint64_t *in_sync;      /* owned */
+	uint64_t *in_sync_epoch;/* owned */
 	bool cluster;     /* only led shards serve the API */
 	pthread_mutex_t role_mu;
 	uint8_t *role;    /* owned, per shard: enum store_role (role_mu) */

@@ -791,16 +791,21 @@ static void replicate_to_follower(void *arg, const struct store_rec *recs, size_
 	}
 }
 
-static struct store *open_dir(const char *d)
+static struct store *open_retain(const char *d, uint64_t retain)
 {
 	struct store_opts o = { .data_dir = d, .node_id = "t", .shards = 1,
-				.max_message_size = 1 << 20, .log_retain = 1000,
+				.max_message_size = 1 << 20, .log_retain = retain,
 				.max_pending = 1000 };
 	struct store *st = NULL;
 	char *err = NULL;
 	assert_int_equal(store_open(&o, &st, &err), 0);
 	free(err);
 	return st;
+}
+
+static struct store *open_dir(const char *d)
+{
+	return open_retain(d, 1000);
 }
 
 static void test_cluster_replication(void **state)
@@ -959,6 +964,234 @@ static void test_snapshot_copy(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* ------------------------------------------------------------ log trimming */
+
+#define RETAIN 16
+
+/* Many independent mutations at once (one record each; they share groups
+ * of up to GROUP_MAX_MUTATIONS). Counts answers by kind. */
+struct burst {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int done, ok, unavail, other;
+};
+
+static void burst_cb(int err, const char *errmsg, const ProtobufCMessage *reply, void *arg)
+{
+	struct burst *b = arg;
+	(void)errmsg;
+	(void)reply;
+	pthread_mutex_lock(&b->mu);
+	b->done++;
+	if (err == 0)
+		b->ok++;
+	else if (err == MP_EUNAVAIL)
+		b->unavail++;
+	else
+		b->other++;
+	pthread_cond_signal(&b->cv);
+	pthread_mutex_unlock(&b->mu);
+}
+
+static void burst(struct store *st, const char *prefix, int n, int *ok_r, int *unavail_r)
+{
+	struct burst b = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0 };
+	Merpati__V1__DomainRequest *q = calloc((size_t)n, sizeof(*q));
+	char (*names)[32] = calloc((size_t)n, sizeof(*names));
+	assert_non_null(q);
+	assert_non_null(names);
+	int queued = 0;
+	for (int i = 0; i < n; i++) {
+		merpati__v1__domain_request__init(&q[i]);
+		snprintf(names[i], sizeof(names[i]), "%s%d.test", prefix, i);
+		q[i].name = names[i];
+		if (store_call(st, STORE_CREATE_DOMAIN, &q[i].base, burst_cb, &b) == 0)
+			queued++;
+	}
+	pthread_mutex_lock(&b.mu);
+	while (b.done < queued)
+		pthread_cond_wait(&b.cv, &b.mu);
+	pthread_mutex_unlock(&b.mu);
+	assert_int_equal(queued, n);
+	assert_int_equal(b.other, 0);
+	*ok_r = b.ok;
+	*unavail_r = b.unavail;
+	free(q);
+	free(names);
+}
+
+static bool log_has(struct store *st, uint64_t lsn)
+{
+	uint64_t ep;
+	return store_log_epoch(st, 0, lsn, &ep) == 0;
+}
+
+/* Every record of [lo, hi] is in st's log. */
+static void assert_log_holds(struct store *st, uint64_t lo, uint64_t hi)
+{
+	for (uint64_t l = lo; l <= hi; l++)
+		if (!log_has(st, l)) {
+			fprintf(stderr, "log lacks lsn %llu (want %llu..%llu)\n",
+				(unsigned long long)l, (unsigned long long)lo,
+				(unsigned long long)hi);
+			fail();
+		}
+}
+
+static uint64_t pos_lsn(struct store *st)
+{
+	enum store_role role;
+	uint64_t e, l;
+	store_get_pos(st, 0, &role, &e, &l);
+	return l;
+}
+
+static struct store *fol_a, *fol_b;
+static bool fol_b_down;
+
+/* Ship records of shard 0 to follower f as repl.c does: the leader's
+ * in-sync lsn first, then the records; on a gap the missing ones from the
+ * leader's log. 0 when f holds up to last. */
+static int ship(struct store *leader, struct store *f, uint64_t epoch,
+		const ProtobufCBinaryData *b, size_t m, uint64_t first, uint64_t last)
+{
+	uint64_t at = 0;
+	store_set_in_sync_lsn(f, 0, epoch, store_get_in_sync_lsn(leader, 0));
+	int r = apply_sync(f, 0, epoch, b, m, &at);
+	for (int round = 0; r == MP_ESTALE && at + 1 < first && round < 100; round++) {
+		struct store_log log;
+		if (store_read_log(leader, 0, at + 1, 1 << 20, &log) < 0)
+			return MP_ESTALE;  /* the log does not reach back: a snapshot */
+		r = apply_sync(f, 0, epoch, log.recs, log.n, &at);
+		store_log_free(&log);
+		if (r == 0)
+			r = apply_sync(f, 0, epoch, b, m, &at);
+	}
+	return r == 0 && at >= last ? 0 : -1;
+}
+
+/* The leader's hook with two in-sync followers A and B. While B is
+ * "down" it stays in the ISR without the records (as when the leader
+ * cannot reach etcd to drop it): UNDER_MIN, written but not acknowledged. */
+static void trim_hook(void *arg, const struct store_rec *recs, size_t n, int *res)
+{
+	struct store *leader = arg;
+	ProtobufCBinaryData *b = calloc(n, sizeof(*b));
+	for (size_t i = 0; b != NULL && i < n; i++) {
+		b[i].data = (uint8_t *)recs[i].data;
+		b[i].len = recs[i].len;
+	}
+	bool a_ok = b != NULL &&
+		    ship(leader, fol_a, recs[0].epoch, b, n, recs[0].lsn, recs[n - 1].lsn) == 0;
+	bool b_ok = b != NULL && !fol_b_down &&
+		    ship(leader, fol_b, recs[0].epoch, b, n, recs[0].lsn, recs[n - 1].lsn) == 0;
+	for (size_t i = 0; i < n; i++)
+		res[i] = !a_ok ? STORE_REPL_FENCED : b_ok ? STORE_REPL_OK : STORE_REPL_UNDER_MIN;
+	free(b);
+}
+
+/* One node, no cluster: the log keeps the last log_retain records. */
+static void test_log_trim_single_node(void **state)
+{
+	struct store *st = *state;
+	store_close(&st);
+	*state = st = open_retain(dir, RETAIN);
+	int ok, unavail;
+	burst(st, "s", 300, &ok, &unavail);
+	assert_int_equal(ok, 300);
+	mk_domain(st, "tick.test");
+	uint64_t l = pos_lsn(st);
+	assert_int_equal(l, 301);
+	assert_false(log_has(st, 1));
+	assert_log_holds(st, l - RETAIN, l);
+}
+
+/* Cluster: the leader's log, and its followers', are trimmed once every
+ * in-sync member has the records, never past a member that is in the ISR
+ * but behind, and log_retain records are kept below that point. */
+static void test_log_trim_in_sync(void **state)
+{
+	struct store *st = *state;
+	char da[256], db[256], cmd[600];
+	int ok, unavail;
+	store_close(&st);
+	*state = st = open_retain(dir, RETAIN);
+	snprintf(da, sizeof(da), "/tmp/merpati-test-trima-XXXXXX");
+	snprintf(db, sizeof(db), "/tmp/merpati-test-trimb-XXXXXX");
+	assert_non_null(mkdtemp(da));
+	assert_non_null(mkdtemp(db));
+	fol_a = open_retain(da, RETAIN);
+	fol_b = open_retain(db, RETAIN);
+	fol_b_down = false;
+	store_set_cluster(st, true);
+	store_set_cluster(fol_a, true);
+	store_set_cluster(fol_b, true);
+	store_set_role(st, 0, STORE_ROLE_LEADER, 2, "L");
+	store_set_role(fol_a, 0, STORE_ROLE_FOLLOWER, 2, "L");
+	store_set_role(fol_b, 0, STORE_ROLE_FOLLOWER, 2, "L");
+	store_set_replicator(st, trim_hook, st);
+
+	/* Everyone acknowledges: trimmed everywhere, log_retain kept. */
+	burst(st, "a", 400, &ok, &unavail);
+	assert_int_equal(ok, 400);
+	mk_domain(st, "tick1.test");  /* followers learn the last in-sync lsn */
+	uint64_t l1 = pos_lsn(st);
+	assert_int_equal(l1, 401);
+	assert_int_equal(store_get_in_sync_lsn(st, 0), l1);
+	assert_int_equal(pos_lsn(fol_a), l1);
+	assert_int_equal(pos_lsn(fol_b), l1);
+	struct store *all[3] = { st, fol_a, fol_b };
+	for (int i = 0; i < 3; i++) {
+		assert_false(log_has(all[i], 1));
+		assert_log_holds(all[i], l1 - RETAIN, l1);
+	}
+
+	/* B stays in the ISR but gets nothing: writes are not acknowledged,
+	 * and no log is trimmed past B's position (count-based trimming would
+	 * have dropped everything below l2 - RETAIN, far above it). */
+	fol_b_down = true;
+	uint64_t bl = pos_lsn(fol_b);
+	burst(st, "b", 600, &ok, &unavail);
+	assert_int_equal(unavail, 600);
+	uint64_t l2 = pos_lsn(st);
+	assert_int_equal(l2, bl + 600);
+	assert_int_equal(store_get_in_sync_lsn(st, 0), bl);
+	assert_int_equal(pos_lsn(fol_a), l2);
+	assert_int_equal(pos_lsn(fol_b), bl);
+	assert_log_holds(st, bl - RETAIN, l2);
+	assert_log_holds(fol_a, bl - RETAIN, l2);
+	/* a stale leader's word does not move a follower's in-sync lsn */
+	assert_int_equal(store_get_in_sync_lsn(fol_a, 0), bl);
+	store_set_in_sync_lsn(fol_a, 0, 1, l2);
+	assert_int_equal(store_get_in_sync_lsn(fol_a, 0), bl);
+
+	/* B is back: caught up from the leader's log (which still reaches
+	 * it), then everything is trimmed past where B was. */
+	fol_b_down = false;
+	mk_domain(st, "tick2.test");
+	uint64_t l3 = pos_lsn(st);
+	assert_int_equal(pos_lsn(fol_b), l3);
+	assert_int_equal(store_get_in_sync_lsn(st, 0), l3);
+	burst(st, "c", 300, &ok, &unavail);
+	assert_int_equal(ok, 300);
+	mk_domain(st, "tick3.test");
+	uint64_t l4 = pos_lsn(st);
+	uint8_t d[3][32];
+	uint64_t keys[3], ep, lsn;
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(pos_lsn(all[i]), l4);
+		assert_false(log_has(all[i], bl));
+		assert_log_holds(all[i], l4 - RETAIN, l4);
+		assert_int_equal(store_shard_digest(all[i], 0, d[i], &keys[i], &ep, &lsn), 0);
+		assert_memory_equal(d[i], d[0], 32);
+		assert_int_equal(keys[i], keys[0]);
+	}
+	store_close(&fol_a);
+	store_close(&fol_b);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s' '%s'", da, db);
+	assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -973,6 +1206,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_cluster_replication, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_request_id_dedup, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_snapshot_copy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_log_trim_single_node, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_log_trim_in_sync, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
