@@ -9,6 +9,11 @@
  * streams are swept under the registry lock later: lock order is always
  * registry, then call.
  *
+ * Errors map to gRPC codes in one place (mp_rpc_reply through
+ * common/mp_error.h): e.g. a queue update by a runner whose claim is gone
+ * (MP_ESTATE) is FAILED_PRECONDITION, a shard this node does not lead
+ * (MP_ENOTLEADER) the usual not-leader status.
+ *
  * Never: block a gRPC thread on a write; send to a stream after release.
  */
 #include "service.h"
@@ -91,6 +96,18 @@ HANDLER(h_move, STORE_MOVE)
 HANDLER(h_expunge, STORE_EXPUNGE)
 HANDLER(h_changes_since, STORE_CHANGES_SINCE)
 HANDLER(h_node_info, STORE_NODE_INFO)
+HANDLER(h_set_alias, STORE_SET_ALIAS)
+HANDLER(h_delete_alias, STORE_DELETE_ALIAS)
+HANDLER(h_get_alias, STORE_GET_ALIAS)
+HANDLER(h_list_aliases, STORE_LIST_ALIASES)
+HANDLER(h_resolve_recipient, STORE_RESOLVE_RECIPIENT)
+HANDLER(h_queue_add, STORE_QUEUE_ADD)
+HANDLER(h_queue_claim, STORE_QUEUE_CLAIM)
+HANDLER(h_queue_update, STORE_QUEUE_UPDATE)
+HANDLER(h_queue_list, STORE_QUEUE_LIST)
+HANDLER(h_queue_get, STORE_QUEUE_GET)
+HANDLER(h_queue_delete, STORE_QUEUE_DELETE)
+HANDLER(h_queue_retry, STORE_QUEUE_RETRY)
 
 /* ------------------------------------------------------------ watch */
 
@@ -220,6 +237,18 @@ static const struct mp_rpc_method methods[] = {
 	{ "ChangesSince", h_changes_since, 0 },
 	{ "Watch", h_watch, 1 },
 	{ "NodeInfo", h_node_info, 0 },
+	{ "SetAlias", h_set_alias, 0 },
+	{ "DeleteAlias", h_delete_alias, 0 },
+	{ "GetAlias", h_get_alias, 0 },
+	{ "ListAliases", h_list_aliases, 0 },
+	{ "ResolveRecipient", h_resolve_recipient, 0 },
+	{ "QueueAdd", h_queue_add, 0 },
+	{ "QueueClaim", h_queue_claim, 0 },
+	{ "QueueUpdate", h_queue_update, 0 },
+	{ "QueueList", h_queue_list, 0 },
+	{ "QueueGet", h_queue_get, 0 },
+	{ "QueueDelete", h_queue_delete, 0 },
+	{ "QueueRetry", h_queue_retry, 0 },
 };
 
 const struct mp_rpc_method *service_methods(size_t *n_r)

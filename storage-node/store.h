@@ -37,7 +37,7 @@ struct store_opts {
 	const char *node_id;
 	uint32_t shards;            /* fixed when the data dir is created */
 	uint64_t max_message_size;  /* bytes */
-	uint64_t log_retain;        /* log records kept per shard */
+	uint64_t log_retain;        /* log records kept below the in-sync lsn */
 	uint32_t max_pending;       /* queued mutations before UNAVAILABLE */
 	uint64_t block_cache;       /* bytes */
 };
@@ -52,6 +52,13 @@ enum store_op {
 	STORE_APPEND, STORE_APPEND_MANY, STORE_FETCH_INDEX, STORE_FETCH_BODY,
 	STORE_STORE_FLAGS, STORE_COPY, STORE_MOVE, STORE_EXPUNGE,
 	STORE_CHANGES_SINCE, STORE_NODE_INFO,
+	/* Aliases (shard of the alias address) and the outbound queue (the
+	 * shard named in the request). Appended so older values keep their
+	 * numbers (the store_request fuzz corpus picks ops by number). */
+	STORE_SET_ALIAS, STORE_DELETE_ALIAS, STORE_GET_ALIAS, STORE_LIST_ALIASES,
+	STORE_RESOLVE_RECIPIENT,
+	STORE_QUEUE_ADD, STORE_QUEUE_CLAIM, STORE_QUEUE_UPDATE, STORE_QUEUE_LIST,
+	STORE_QUEUE_GET, STORE_QUEUE_DELETE, STORE_QUEUE_RETRY,
 	STORE_OP_COUNT
 };
 
@@ -186,5 +193,17 @@ int store_shard_digest(struct store *st, uint32_t shard, uint8_t sha[32],
 		       uint64_t *keys_r, uint64_t *epoch_r, uint64_t *lsn_r);
 /* The epoch of the record at lsn; MP_ENOENT when the log does not hold it. */
 int store_log_epoch(struct store *st, uint32_t shard, uint64_t lsn, uint64_t *epoch_r);
+
+/* Log trimming (docs/DESIGN.md "Log trimming"). A shard's in-sync lsn is
+ * the highest lsn every in-sync member holds; records more than log_retain
+ * below min(in-sync lsn, own lsn) are deleted (256 or more at a time,
+ * with the next write). The leader's store advances it itself after each
+ * group every in-sync member persisted (STORE_REPL_OK; without a
+ * replicator: every group); a follower is told it by its leader with set,
+ * which ignores an epoch older than the shard's role epoch or than the one
+ * that set it last. 0 (unknown, after a restart) trims nothing. Outside
+ * cluster mode the own lsn is the in-sync lsn. */
+void store_set_in_sync_lsn(struct store *st, uint32_t shard, uint64_t epoch, uint64_t lsn);
+uint64_t store_get_in_sync_lsn(struct store *st, uint32_t shard);
 
 #endif

@@ -158,3 +158,44 @@ void sk_upper(struct sk *upper, const struct sk *prefix)
 	if (upper->len > 0)
 		upper->b[upper->len - 1] = (char)((unsigned char)upper->b[upper->len - 1] + 1);
 }
+
+void sk_alias_prefix(struct sk *k, uint32_t shard)
+{
+	sk_prefix(k, shard, 'a');
+}
+
+void sk_alias(struct sk *k, uint32_t shard, const char *alias)
+{
+	sk_alias_prefix(k, shard);
+	sk_str(k, alias);
+}
+
+void sk_queue_due_prefix(struct sk *k, uint32_t shard)
+{
+	sk_prefix(k, shard, 'q');
+}
+
+void sk_queue_due(struct sk *k, uint32_t shard, uint64_t due, const char *id)
+{
+	sk_queue_due_prefix(k, shard);
+	sk_be64(k, due);
+	sk_str(k, id);
+}
+
+void sk_queue_id_prefix(struct sk *k, uint32_t shard)
+{
+	sk_prefix(k, shard, 'Q');
+}
+
+void sk_queue_id(struct sk *k, uint32_t shard, const char *id)
+{
+	sk_queue_id_prefix(k, shard);
+	sk_str(k, id);
+}
+
+void sk_queue_body(struct sk *k, uint32_t shard, const char *id)
+{
+	sk_shard(k, shard);
+	sk_str(k, "qb/");
+	sk_str(k, id);
+}

@@ -14,13 +14,21 @@
  *   meta s{shard}/V                                 last uidvalidity given, be32
  *   meta s{shard}/x/{request id}                    time be64 + packed reply (retries)
  *   meta s{shard}/X/{time be64}{request id}         expiry index of x/
+ *   meta s{shard}/a/{alias}                         AliasRec
+ *   meta s{shard}/q/{due be64}{queue id}            QueueRec (due-time index)
+ *   meta s{shard}/Q/{queue id}                      due be64 (index by id)
  *   meta s0000/d/{domain}                           DomainRec
  *   blob s{shard}/b/{sha256}                        body
+ *   blob s{shard}/qb/{queue id}                     queued message's body
  *   log  s{shard}/{lsn be64}                        LogRecord (epoch inside)
  *
  * The log key holds only the lsn (DESIGN.md says {epoch}/{lsn}): lsn alone
  * orders a shard's log, and a leader must find the record at any lsn to
  * compare its epoch with a follower's (divergence check).
+ *
+ * Queue ids are "{shard}.{16 hex}" (fixed alphabet, at most 26 bytes), so
+ * q/ keys sort by due time, then id. A queued body is not shared (no
+ * reference count): it dies with its entry.
  *
  * The reference count lives in meta beside the body rather than inside the
  * blob value (DESIGN.md says "body + reference count"): changing a count
@@ -62,6 +70,13 @@ void sk_applied(struct sk *k, uint32_t shard);
 void sk_domain(struct sk *k, const char *domain);
 void sk_domain_prefix(struct sk *k);
 void sk_log(struct sk *k, uint32_t shard, uint64_t lsn);
+void sk_alias(struct sk *k, uint32_t shard, const char *alias);
+void sk_alias_prefix(struct sk *k, uint32_t shard);
+void sk_queue_due(struct sk *k, uint32_t shard, uint64_t due, const char *id);
+void sk_queue_due_prefix(struct sk *k, uint32_t shard);
+void sk_queue_id(struct sk *k, uint32_t shard, const char *id);
+void sk_queue_id_prefix(struct sk *k, uint32_t shard);
+void sk_queue_body(struct sk *k, uint32_t shard, const char *id);
 void sk_shard(struct sk *k, uint32_t shard);  /* "s0001/" */
 
 /* The first key after every key that starts with prefix (for upper bounds

@@ -9,20 +9,31 @@
  * a body's reference count is the number of index entries pointing at it
  * within the shard, and the body is deleted with its last reference.
  *
+ * An address is an account or an alias, never both: both live under the
+ * address's shard and conflict key, and each creation checks the other in
+ * the same mutation. Outbound queue entries move in time through their due
+ * key (s{shard}/q/{due}{id}); a claim moves the key to the lease's end, so
+ * an entry whose runner died is simply due again.
+ *
  * Never: trust a name, flag or uid set from the request without checking it;
- * read from a user's keys after range-deleting them in the same mutation.
+ * read from a user's keys after range-deleting them in the same mutation;
+ * let a queue mutation iterate keys another mutation of its group wrote
+ * (queue mutations of a shard other than QueueAdd share one conflict key).
  */
 #include "store_int.h"
 
+#include <errno.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "mp_buf.h"
 #include "mp_log.h"
+#include "mp_scram.h"
 #include "mp_shard.h"
 #include "mp_uidset.h"
 
@@ -31,6 +42,9 @@
 typedef Merpati__Rec__AccountRec AccountRec;
 typedef Merpati__Rec__MailboxRec MailboxRec;
 typedef Merpati__Rec__IndexRec IndexRec;
+typedef Merpati__Rec__AliasRec AliasRec;
+typedef Merpati__Rec__QueueRec QueueRec;
+typedef Merpati__Rec__QueueRcptRec QueueRcptRec;
 
 static const struct {
 	const char *name, *special;
@@ -48,6 +62,7 @@ static const char *system_flags[] = {
 };
 
 #define ALLOC(a, T) ((T *)mp_arena_alloc((a), sizeof(T)))
+#define RID_MAX 128          /* longest request id remembered */
 
 static uint64_t now_s(void)
 {
@@ -576,6 +591,8 @@ bool ops_is_mutation(enum store_op op, const ProtobufCMessage *req)
 	case STORE_GET_DOMAIN: case STORE_LIST_DOMAINS: case STORE_GET_ACCOUNT:
 	case STORE_LIST_ACCOUNTS: case STORE_LIST_MAILBOXES: case STORE_FETCH_INDEX:
 	case STORE_FETCH_BODY: case STORE_CHANGES_SINCE: case STORE_NODE_INFO:
+	case STORE_GET_ALIAS: case STORE_LIST_ALIASES: case STORE_RESOLVE_RECIPIENT:
+	case STORE_QUEUE_LIST: case STORE_QUEUE_GET:
 		return false;
 	case STORE_STATUS:
 		return ((const Merpati__V1__StatusRequest *)req)->claim_recent;
@@ -595,13 +612,82 @@ static const char *req_user(const ProtobufCMessage *req)
 	return *(const char *const *)((const char *)req + f->offset);
 }
 
+/* The shard named by a queue or alias-listing request (field "shard"). */
+static uint32_t req_shard(const ProtobufCMessage *req)
+{
+	const ProtobufCFieldDescriptor *f =
+		protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "shard");
+	if (f == NULL || f->type != PROTOBUF_C_TYPE_UINT32)
+		return 0;
+	return *(const uint32_t *)(const void *)((const char *)req + f->offset);
+}
+
+static bool is_queue_op(enum store_op op)
+{
+	return op >= STORE_QUEUE_ADD && op <= STORE_QUEUE_RETRY;
+}
+
 int ops_prepare(struct store *st, enum store_op op, const ProtobufCMessage *req,
 		struct mp_arena *a, char ***keys_r, size_t *nkeys_r,
 		uint32_t *shard_r, const char **errmsg_r)
 {
 	char **keys;
 	*shard_r = 0;
+	if (is_queue_op(op) || op == STORE_LIST_ALIASES) {
+		uint32_t shard = req_shard(req);
+		if (shard >= st->o.shards) {
+			*errmsg_r = arena_errf(a, "shard %u does not exist (the cluster has %u)",
+					       shard, st->o.shards);
+			return MP_EINVAL;
+		}
+		*shard_r = shard;
+		keys = mp_arena_alloc(a, sizeof(*keys));
+		if (keys == NULL)
+			return MP_ENOMEM;
+		*keys_r = keys;
+		*nkeys_r = 0;
+		/* Claims, updates, deletes and retries of a shard's queue read
+		 * its due index by iteration, which does not see the group's
+		 * uncommitted writes: one per group. QueueAdd writes only new
+		 * keys (its id is checked by a point read, which does see
+		 * them), so adds run side by side. */
+		if (op != STORE_QUEUE_ADD && ops_is_mutation(op, req)) {
+			if ((keys[0] = (char *)arena_errf(a, "queue:%u", shard)) == NULL)
+				return MP_ENOMEM;
+			*nkeys_r = 1;
+		}
+		return 0;
+	}
 	switch (op) {
+	case STORE_SET_ALIAS:
+	case STORE_DELETE_ALIAS:
+	case STORE_GET_ALIAS: {
+		/* The alias's address is its conflict key, as a user's: an
+		 * account and an alias of one address never share a group. */
+		const Merpati__V1__AliasRequest *r = (const void *)req;
+		const char *u = ukey(a, r->alias);
+		if (u == NULL) {
+			*errmsg_r = arena_errf(a, "invalid alias: %.300s",
+					       r->alias ? r->alias : "(none)");
+			return MP_EINVAL;
+		}
+		*shard_r = mp_shard_of(u, strlen(u), st->o.shards);
+		keys = mp_arena_alloc(a, 2 * sizeof(*keys));
+		if (keys == NULL)
+			return MP_ENOMEM;
+		keys[0] = (char *)u;
+		*nkeys_r = 1;
+		if (op == STORE_SET_ALIAS) {
+			/* against DeleteDomain, as CreateAccount */
+			if ((keys[1] = (char *)dkey(a, mp_user_domain(u))) == NULL) {
+				*errmsg_r = "invalid domain in alias";
+				return MP_EINVAL;
+			}
+			*nkeys_r = 2;
+		}
+		*keys_r = keys;
+		return 0;
+	}
 	case STORE_CREATE_DOMAIN:
 	case STORE_DELETE_DOMAIN: {
 		const Merpati__V1__DomainRequest *r = (const void *)req;
@@ -709,16 +795,17 @@ static int m_create_domain(struct rd *r, const Merpati__V1__DomainRequest *q,
 	return 0;
 }
 
-/* Does any account of the domain exist on this node? A scan of every
- * shard's accounts: domains are deleted rarely. */
+/* Does any account or alias of the domain exist on this node? A scan of
+ * every shard's accounts and aliases: domains are deleted rarely. */
 static int domain_has_accounts(struct rd *r, const char *domain, bool *has_r)
 {
 	size_t dl = strlen(domain);
 	*has_r = false;
-	for (uint32_t s = 0; s < r->st->o.shards && !*has_r; s++) {
+	for (uint32_t i = 0; i < 2 * r->st->o.shards && !*has_r; i++) {
+		uint32_t s = i / 2;
 		struct sk pre;
 		struct it it;
-		sk_prefix(&pre, s, 'u');
+		sk_prefix(&pre, s, i % 2 == 0 ? 'u' : 'a');
 		it_open(r, CF_META, &pre, NULL, &it);
 		for (; it_valid(&it); it_next(&it)) {
 			size_t kl;
@@ -758,7 +845,8 @@ static int m_delete_domain(struct rd *r, const Merpati__V1__DomainRequest *q,
 	if ((ret = domain_has_accounts(r, name, &has)) < 0)
 		return ret;
 	if (has) {
-		*err_r = arena_errf(r->arena, "domain %s still has accounts; delete them first", name);
+		*err_r = arena_errf(r->arena, "domain %s still has accounts or aliases; "
+				    "delete them first", name);
 		return MP_ESTATE;
 	}
 	if ((ret = txn_del(r->pm, CF_META, &k)) < 0)
@@ -857,6 +945,20 @@ static int r_list_domains(struct rd *r, const Merpati__V1__ListDomainsRequest *q
 
 /* ------------------------------------------------------------ accounts */
 
+/* The domain of a normalised address must exist (its record on this node,
+ * shard 0's keys, until domains move to etcd). */
+static int check_local_domain(struct rd *r, const char *user, const char **err_r)
+{
+	struct sk k;
+	char *v;
+	size_t len;
+	sk_domain(&k, mp_user_domain(user));
+	int ret = rd_get(r, CF_META, &k, &v, &len);
+	if (ret == MP_ENOENT)
+		*err_r = arena_errf(r->arena, "no such domain: %s", mp_user_domain(user));
+	return ret;
+}
+
 static int check_hash(struct mp_arena *a, const char *h, const char **err_r)
 {
 	size_t n = h ? strlen(h) : 0;
@@ -873,6 +975,27 @@ static int check_hash(struct mp_arena *a, const char *h, const char **err_r)
 	return 0;
 }
 
+#define SCRAM_RECORD_MAX 512
+
+/* An RFC 5803 SCRAM-SHA-256 record, or empty (none). */
+static int check_scram(struct mp_arena *a, const char *s, const char **err_r)
+{
+	struct mp_scram_cred cred;
+	const char *e = NULL;
+	if (s == NULL || *s == '\0')
+		return 0;
+	if (strlen(s) > SCRAM_RECORD_MAX) {
+		*err_r = arena_errf(a, "SCRAM record longer than %d bytes", SCRAM_RECORD_MAX);
+		return MP_EINVAL;
+	}
+	if (mp_scram_parse(s, &cred, &e) < 0) {
+		*err_r = arena_errf(a, "bad SCRAM-SHA-256 record: %s", e ? e : "invalid");
+		return MP_EINVAL;
+	}
+	mp_wipe(&cred, sizeof(cred));
+	return 0;
+}
+
 static Merpati__V1__Account *account_msg(struct mp_arena *a, const AccountRec *ar,
 					 uint32_t shard, bool with_hash)
 {
@@ -882,6 +1005,7 @@ static Merpati__V1__Account *account_msg(struct mp_arena *a, const AccountRec *a
 	merpati__v1__account__init(m);
 	m->user = ar->user;
 	m->password_hash = with_hash ? ar->password_hash : (char *)"";
+	m->scram_sha256 = with_hash && ar->scram_sha256 ? ar->scram_sha256 : (char *)"";
 	m->quota_bytes = ar->quota_bytes;
 	m->state = ar->state;
 	m->used_bytes = ar->used_bytes;
@@ -901,19 +1025,23 @@ static int m_create_account(struct rd *r, uint32_t shard,
 	size_t len;
 	AccountRec *ex;
 	int ret = norm_user(r->arena, q->user, &user, err_r);
-	if (ret < 0 || (ret = check_hash(r->arena, q->password_hash, err_r)) < 0)
-		return ret;
-	sk_domain(&k, mp_user_domain(user));
-	ret = rd_get(r, CF_META, &k, &v, &len);
-	if (ret == MP_ENOENT) {
-		*err_r = arena_errf(r->arena, "no such domain: %s", mp_user_domain(user));
-		return ret;
-	}
-	if (ret < 0)
+	if (ret < 0 || (ret = check_hash(r->arena, q->password_hash, err_r)) < 0 ||
+	    (ret = check_scram(r->arena, q->scram_sha256, err_r)) < 0 ||
+	    (ret = check_local_domain(r, user, err_r)) < 0)
 		return ret;
 	ret = load_account(r, shard, user, &ex, err_r);
 	if (ret == 0) {
 		*err_r = arena_errf(r->arena, "user exists: %s", user);
+		return MP_EEXIST;
+	}
+	if (ret != MP_ENOENT)
+		return ret;
+	/* An address is an account or an alias, never both: SetAlias shares
+	 * the address's conflict key, so this read is not racing one. */
+	sk_alias(&k, shard, user);
+	ret = rd_get(r, CF_META, &k, &v, &len);
+	if (ret == 0) {
+		*err_r = arena_errf(r->arena, "%s is an alias; remove the alias first", user);
 		return MP_EEXIST;
 	}
 	if (ret != MP_ENOENT)
@@ -924,6 +1052,7 @@ static int m_create_account(struct rd *r, uint32_t shard,
 	merpati__rec__account_rec__init(a);
 	a->user = user;
 	a->password_hash = q->password_hash ? q->password_hash : (char *)"";
+	a->scram_sha256 = q->scram_sha256 ? q->scram_sha256 : (char *)"";
 	a->quota_bytes = q->quota_bytes;
 	a->created = now_s();
 	a->next_mailbox_id = 1;
@@ -1153,9 +1282,13 @@ static int m_account_set(struct rd *r, uint32_t shard, enum store_op op,
 		return ret;
 	if (op == STORE_SET_PASSWORD) {
 		const Merpati__V1__SetPasswordRequest *q = (const void *)req;
-		if ((ret = check_hash(r->arena, q->password_hash, err_r)) < 0)
+		if ((ret = check_hash(r->arena, q->password_hash, err_r)) < 0 ||
+		    (ret = check_scram(r->arena, q->scram_sha256, err_r)) < 0)
 			return ret;
-		a->password_hash = q->password_hash;
+		a->password_hash = q->password_hash ? q->password_hash : (char *)"";
+		/* A SCRAM record derived from the old password would still
+		 * let it in: without a new one, none. */
+		a->scram_sha256 = q->scram_sha256 ? q->scram_sha256 : (char *)"";
 	} else if (op == STORE_SET_QUOTA) {
 		a->quota_bytes = ((const Merpati__V1__SetQuotaRequest *)req)->quota_bytes;
 	} else {
@@ -2203,13 +2336,933 @@ static int r_node_info(struct rd *r, ProtobufCMessage **rep_r)
 	return 0;
 }
 
+/* ------------------------------------------------------------ aliases */
+
+#define ALIAS_TARGETS_MAX 100
+
+static int load_alias(struct rd *r, uint32_t shard, const char *alias, AliasRec **rec_r,
+		      const char **err_r)
+{
+	struct sk k;
+	sk_alias(&k, shard, alias);
+	int ret = rd_get_msg(r, &k, &merpati__rec__alias_rec__descriptor, rec_r);
+	if (ret == MP_ENOENT)
+		*err_r = arena_errf(r->arena, "no such alias: %s", alias);
+	return ret;
+}
+
+static Merpati__V1__AliasReply *alias_msg(struct mp_arena *a, const AliasRec *rec,
+					  uint32_t shard)
+{
+	Merpati__V1__AliasReply *m = ALLOC(a, Merpati__V1__AliasReply);
+	if (m == NULL)
+		return NULL;
+	merpati__v1__alias_reply__init(m);
+	m->alias = rec->alias;
+	m->targets = rec->targets;
+	m->n_targets = rec->n_targets;
+	m->updated = rec->updated;
+	m->shard = shard;
+	return m;
+}
+
+/* Create or replace. Checks: the alias is a valid address of an existing
+ * domain and not an account; 1..ALIAS_TARGETS_MAX valid targets, none the
+ * alias itself. Targets may be anywhere (forwarding); they are normalised
+ * and duplicates dropped. */
+static int m_set_alias(struct rd *r, uint32_t shard, const Merpati__V1__AliasRequest *q,
+		       ProtobufCMessage **rep_r, const char **err_r)
+{
+	char *alias;
+	AccountRec *acct;
+	int ret = norm_user(r->arena, q->alias, &alias, err_r);
+	if (ret < 0)
+		return ret;
+	if (q->n_targets == 0 || q->n_targets > ALIAS_TARGETS_MAX) {
+		*err_r = arena_errf(r->arena, "an alias needs 1 to %d targets", ALIAS_TARGETS_MAX);
+		return MP_EINVAL;
+	}
+	char **targets = mp_arena_alloc(r->arena, q->n_targets * sizeof(*targets));
+	size_t n = 0;
+	if (targets == NULL)
+		return MP_ENOMEM;
+	for (size_t i = 0; i < q->n_targets; i++) {
+		char *t;
+		const char *e = NULL;
+		if (norm_user(r->arena, q->targets[i], &t, &e) < 0) {
+			*err_r = arena_errf(r->arena, "target %zu: %s", i + 1, e ? e : "invalid");
+			return MP_EINVAL;
+		}
+		if (strcmp(t, alias) == 0) {
+			*err_r = arena_errf(r->arena, "%s cannot be its own target", alias);
+			return MP_EINVAL;
+		}
+		bool dup = false;
+		for (size_t j = 0; j < n && !dup; j++)
+			dup = strcmp(targets[j], t) == 0;
+		if (!dup)
+			targets[n++] = t;
+	}
+	if ((ret = check_local_domain(r, alias, err_r)) < 0)
+		return ret;
+	ret = load_account(r, shard, alias, &acct, err_r);
+	if (ret == 0) {
+		*err_r = arena_errf(r->arena, "%s is an account, not an alias", alias);
+		return MP_EEXIST;
+	}
+	if (ret != MP_ENOENT)
+		return ret;
+	AliasRec rec = MERPATI__REC__ALIAS_REC__INIT;
+	struct sk k;
+	rec.alias = alias;
+	rec.targets = targets;
+	rec.n_targets = n;
+	rec.updated = now_s();
+	sk_alias(&k, shard, alias);
+	if ((ret = txn_put_msg(r->pm, &k, &rec.base)) < 0)
+		return ret;
+	Merpati__V1__AliasReply *rep = alias_msg(r->arena, &rec, shard);
+	if (rep == NULL)
+		return MP_ENOMEM;
+	*rep_r = &rep->base;
+	return 0;
+}
+
+static int m_delete_alias(struct rd *r, uint32_t shard, const Merpati__V1__AliasRequest *q,
+			  ProtobufCMessage **rep_r, const char **err_r)
+{
+	char *alias;
+	AliasRec *rec;
+	struct sk k;
+	int ret = norm_user(r->arena, q->alias, &alias, err_r);
+	if (ret < 0 || (ret = load_alias(r, shard, alias, &rec, err_r)) < 0)
+		return ret;
+	sk_alias(&k, shard, alias);
+	if ((ret = txn_del(r->pm, CF_META, &k)) < 0)
+		return ret;
+	*rep_r = empty_reply(r->arena);
+	return *rep_r ? 0 : MP_ENOMEM;
+}
+
+static int r_get_alias(struct rd *r, const Merpati__V1__AliasRequest *q,
+		       ProtobufCMessage **rep_r, const char **err_r)
+{
+	char *alias;
+	AliasRec *rec;
+	int ret = norm_user(r->arena, q->alias, &alias, err_r);
+	if (ret < 0)
+		return ret;
+	uint32_t shard = mp_shard_of(alias, strlen(alias), r->st->o.shards);
+	if ((ret = load_alias(r, shard, alias, &rec, err_r)) < 0)
+		return ret;
+	Merpati__V1__AliasReply *rep = alias_msg(r->arena, rec, shard);
+	if (rep == NULL)
+		return MP_ENOMEM;
+	*rep_r = &rep->base;
+	return 0;
+}
+
+static int check_shard(struct rd *r, uint32_t shard, const char **err_r)
+{
+	if (shard >= r->st->o.shards) {
+		*err_r = arena_errf(r->arena, "shard %u does not exist (the cluster has %u)",
+				    shard, r->st->o.shards);
+		return MP_EINVAL;
+	}
+	return 0;
+}
+
+/* The aliases of one shard in key order; "after" names the last alias of
+ * the previous page. */
+static int r_list_aliases(struct rd *r, const Merpati__V1__ListAliasesRequest *q,
+			  ProtobufCMessage **rep_r, const char **err_r)
+{
+	uint32_t limit = clamp_limit(q->limit);
+	char *domain = NULL;
+	int ret;
+	if ((ret = check_shard(r, q->shard, err_r)) < 0)
+		return ret;
+	if (q->domain && *q->domain &&
+	    (ret = norm_domain(r->arena, q->domain, &domain, err_r)) < 0)
+		return ret;
+	if (q->after && strlen(q->after) > MP_USER_MAX) {
+		*err_r = "after is too long";
+		return MP_EINVAL;
+	}
+	Merpati__V1__ListAliasesReply *rep = ALLOC(r->arena, Merpati__V1__ListAliasesReply);
+	if (rep == NULL)
+		return MP_ENOMEM;
+	merpati__v1__list_aliases_reply__init(rep);
+	rep->aliases = mp_arena_alloc(r->arena, (limit + 1) * sizeof(*rep->aliases));
+	if (rep->aliases == NULL)
+		return MP_ENOMEM;
+	size_t dl = domain ? strlen(domain) : 0;
+	struct sk pre, from, up;
+	struct it it;
+	sk_alias_prefix(&pre, q->shard);
+	sk_upper(&up, &pre);
+	from = pre;
+	if (q->after && *q->after) {
+		sk_str(&from, q->after);
+		sk_bytes(&from, "", 1); /* strictly after */
+	}
+	ret = 0;
+	it_open(r, CF_META, &from, &up, &it);
+	for (; it_valid(&it); it_next(&it)) {
+		size_t kl, vl;
+		const char *k = it_key(&it, &kl);
+		const char *v = it_val(&it, &vl);
+		AliasRec *rec;
+		if (domain && !(kl > pre.len + dl + 1 && k[kl - dl - 1] == '@' &&
+				memcmp(k + kl - dl, domain, dl) == 0))
+			continue;
+		if (rep->n_aliases == limit) {
+			rep->more = true;
+			break;
+		}
+		if ((ret = rd_unpack(r, &merpati__rec__alias_rec__descriptor, v, vl, &rec)) < 0)
+			break;
+		Merpati__V1__AliasReply *m = alias_msg(r->arena, rec, q->shard);
+		if (m == NULL) {
+			ret = MP_ENOMEM;
+			break;
+		}
+		rep->aliases[rep->n_aliases++] = m;
+	}
+	int cr = it_close(&it);
+	if (ret == 0)
+		ret = cr;
+	if (ret < 0)
+		return ret;
+	*rep_r = &rep->base;
+	return 0;
+}
+
+/* For every RCPT TO: account (with its state), alias (its targets, not
+ * expanded) or nothing, from one snapshot of the address's shard. */
+static int r_resolve(struct rd *r, const Merpati__V1__UserRequest *q,
+		     ProtobufCMessage **rep_r, const char **err_r)
+{
+	char *user;
+	AccountRec *acct;
+	AliasRec *alias;
+	const char *e = NULL;
+	int ret = norm_user(r->arena, q->user, &user, err_r);
+	if (ret < 0)
+		return ret;
+	uint32_t shard = mp_shard_of(user, strlen(user), r->st->o.shards);
+	Merpati__V1__ResolveReply *rep = ALLOC(r->arena, Merpati__V1__ResolveReply);
+	if (rep == NULL)
+		return MP_ENOMEM;
+	merpati__v1__resolve_reply__init(rep);
+	rep->user = user;
+	rep->shard = shard;
+	ret = load_account(r, shard, user, &acct, &e);
+	if (ret == 0) {
+		rep->kind = MERPATI__V1__RESOLVE_KIND__RESOLVE_ACCOUNT;
+		rep->state = acct->state;
+	} else if (ret == MP_ENOENT) {
+		ret = load_alias(r, shard, user, &alias, &e);
+		if (ret == 0) {
+			rep->kind = MERPATI__V1__RESOLVE_KIND__RESOLVE_ALIAS;
+			rep->targets = alias->targets;
+			rep->n_targets = alias->n_targets;
+		} else if (ret == MP_ENOENT) {
+			rep->kind = MERPATI__V1__RESOLVE_KIND__RESOLVE_NONE;
+			ret = 0;
+		}
+	}
+	if (ret < 0)
+		return ret;
+	*rep_r = &rep->base;
+	return 0;
+}
+
+/* ------------------------------------------------------------ queue */
+
+#define QUEUE_ID_HEX 16
+#define QUEUE_ID_MAX 32           /* "4294967295." + 16 hex fits */
+#define QUEUE_RCPTS_MAX 1000
+#define QUEUE_TEXT_MAX 1000       /* reply texts, last_error */
+#define QUEUE_ENVID_MAX 100       /* RFC 3461 §4.4 */
+#define QUEUE_ORCPT_MAX 500       /* RFC 3461 §4.2: 500 characters */
+#define QUEUE_OWNER_MAX 128
+#define QUEUE_LEASE_DEFAULT_MS 300000u
+#define QUEUE_LEASE_MAX_MS 86400000u
+#define QUEUE_CLAIM_DEFAULT 100
+#define QUEUE_CLAIM_MAX 1000
+#define QUEUE_CLAIM_BYTES_DEFAULT (16u * 1024 * 1024)
+#define QUEUE_NOTIFY_ALL 15u      /* SUCCESS 1, FAILURE 2, DELAY 4, NEVER 8 */
+#define QUEUE_NOTIFY_NEVER 8u
+#define QUEUE_CODE_MAX 999
+#define QUEUE_ID_TRIES 4
+/* A list page stops here: an entry may hold 1000 recipients with their
+ * reply texts, so a count alone does not bound the reply. */
+#define QUEUE_LIST_BYTES (4u * 1024 * 1024)
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Printable ASCII without space, 1..max bytes (owners, ENVID, ORCPT). */
+static int check_token(struct mp_arena *a, const char *s, size_t max, bool may_be_empty,
+		       const char *what, const char **err_r)
+{
+	size_t n = s ? strlen(s) : 0;
+	if ((n == 0 && !may_be_empty) || n > max) {
+		*err_r = arena_errf(a, "%s must be %d to %zu bytes", what, may_be_empty ? 0 : 1,
+				    max);
+		return MP_EINVAL;
+	}
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f) {
+			*err_r = arena_errf(a, "%s holds a byte that is not printable ASCII", what);
+			return MP_EINVAL;
+		}
+	return 0;
+}
+
+/* Free text for people (reply texts, notes): UTF-8, at most max bytes. */
+static int check_text(struct mp_arena *a, const char *s, size_t max, const char *what,
+		      const char **err_r)
+{
+	size_t n = s ? strlen(s) : 0;
+	if (n > max) {
+		*err_r = arena_errf(a, "%s is longer than %zu bytes", what, max);
+		return MP_EINVAL;
+	}
+	if (!utf8_valid((const unsigned char *)(s ? s : ""), n)) {
+		*err_r = arena_errf(a, "%s is not valid UTF-8", what);
+		return MP_EINVAL;
+	}
+	return 0;
+}
+
+/* An envelope address as the frontend gives it: checked like a user
+ * (mp_user_normalize's rules) but stored with its case, since a remote
+ * local part may be case-sensitive (RFC 5321 §2.4). */
+static int check_envelope_addr(struct mp_arena *a, const char *s, const char *what,
+			       const char **err_r)
+{
+	char buf[MP_USER_MAX + 1];
+	const char *e = NULL;
+	if (s == NULL || mp_user_normalize(s, strlen(s), buf, sizeof(buf), &e) < 0) {
+		*err_r = arena_errf(a, "%s: %s", what, s ? e : "missing");
+		return MP_EINVAL;
+	}
+	return 0;
+}
+
+static bool rcpt_state_ok(uint32_t st)
+{
+	return st == MERPATI__V1__QUEUE_RCPT_STATE__RCPT_PENDING ||
+	       st == MERPATI__V1__QUEUE_RCPT_STATE__RCPT_DELIVERED ||
+	       st == MERPATI__V1__QUEUE_RCPT_STATE__RCPT_FAILED;
+}
+
+/* "{shard}.{16 lowercase hex}" of exactly this shard. */
+static int check_queue_id(struct mp_arena *a, const char *id, uint32_t shard,
+			  const char **err_r)
+{
+	char want[16];
+	size_t n = id ? strlen(id) : 0;
+	int wl = snprintf(want, sizeof(want), "%u.", shard);
+	const char *dot = id ? strchr(id, '.') : NULL;
+	if (dot == NULL || n > QUEUE_ID_MAX || n != (size_t)(dot - id) + 1 + QUEUE_ID_HEX) {
+		*err_r = arena_errf(a, "bad queue id \"%.40s\": expected SHARD.%d-HEX-DIGITS",
+				    id ? id : "", QUEUE_ID_HEX);
+		return MP_EINVAL;
+	}
+	for (const char *p = dot + 1; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'))) {
+			*err_r = arena_errf(a, "bad queue id \"%s\": not lowercase hex", id);
+			return MP_EINVAL;
+		}
+	if ((size_t)(dot - id) + 1 != (size_t)wl || memcmp(id, want, (size_t)wl) != 0) {
+		*err_r = arena_errf(a, "queue id %s is not of shard %u", id, shard);
+		return MP_EINVAL;
+	}
+	return 0;
+}
+
+/* A new id: from the request id when there is one (a retry after the node
+ * forgot the request still finds its entry), else random. */
+static int make_queue_id(struct mp_arena *a, uint32_t shard, const char *rid, int attempt,
+			 char **id_r)
+{
+	uint8_t h[SHA_LEN];
+	if (rid != NULL && attempt == 0) {
+		/* rid was checked by ops_request_id: at most RID_MAX bytes */
+		static const char tag[] = "merpati-queue-id:";
+		char in[sizeof(tag) + RID_MAX];
+		size_t rl = strlen(rid);
+		if (rl > RID_MAX)
+			return MP_EINVAL;
+		memcpy(in, tag, sizeof(tag) - 1);
+		memcpy(in + sizeof(tag) - 1, rid, rl);
+		SHA256((const uint8_t *)in, sizeof(tag) - 1 + rl, h);
+	} else {
+		size_t got = 0;
+		while (got < 8) {
+			ssize_t n = getrandom(h + got, 8 - got, 0);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0)
+				return MP_EIO;
+			got += (size_t)n;
+		}
+	}
+	char *id = mp_arena_alloc(a, QUEUE_ID_MAX + 1);
+	if (id == NULL)
+		return MP_ENOMEM;
+	snprintf(id, QUEUE_ID_MAX + 1, "%u.%016llx", shard,
+		 (unsigned long long)mp_be64_get(h));
+	*id_r = id;
+	return 0;
+}
+
+/* The entry with this id and the due time its key is stored under. */
+static int queue_load(struct rd *r, uint32_t shard, const char *id, QueueRec **rec_r,
+		      uint64_t *due_r, const char **err_r)
+{
+	struct sk k;
+	char *v;
+	size_t len;
+	sk_queue_id(&k, shard, id);
+	int ret = rd_get(r, CF_META, &k, &v, &len);
+	if (ret == MP_ENOENT) {
+		*err_r = arena_errf(r->arena, "no such queue entry: %s", id);
+		return ret;
+	}
+	if (ret < 0)
+		return ret;
+	if (len != 8)
+		return MP_EIO;
+	*due_r = mp_be64_get(v);
+	sk_queue_due(&k, shard, *due_r, id);
+	ret = rd_get_msg(r, &k, &merpati__rec__queue_rec__descriptor, rec_r);
+	if (ret == MP_ENOENT) {
+		mp_log_error("store_queue_dangling_id", "id=%s", id);
+		return MP_EIO;
+	}
+	return ret;
+}
+
+/* Write rec under its due_ms, moving it from old_due (UINT64_MAX: new). */
+static int queue_save(struct pm *pm, uint32_t shard, const QueueRec *rec, uint64_t old_due)
+{
+	struct sk k;
+	char v[8];
+	int ret;
+	if (old_due != UINT64_MAX && old_due != rec->due_ms) {
+		sk_queue_due(&k, shard, old_due, rec->id);
+		if ((ret = txn_del(pm, CF_META, &k)) < 0)
+			return ret;
+	}
+	sk_queue_due(&k, shard, rec->due_ms, rec->id);
+	if ((ret = txn_put_msg(pm, &k, &rec->base)) < 0)
+		return ret;
+	if (old_due == rec->due_ms)
+		return 0;
+	sk_queue_id(&k, shard, rec->id);
+	mp_be64_put(v, rec->due_ms);
+	return txn_put_raw(pm, CF_META, &k, v, 8);
+}
+
+static int queue_remove(struct pm *pm, uint32_t shard, const char *id, uint64_t due)
+{
+	struct sk k;
+	int ret;
+	sk_queue_due(&k, shard, due, id);
+	if ((ret = txn_del(pm, CF_META, &k)) < 0)
+		return ret;
+	sk_queue_id(&k, shard, id);
+	if ((ret = txn_del(pm, CF_META, &k)) < 0)
+		return ret;
+	sk_queue_body(&k, shard, id);
+	return txn_del(pm, CF_BLOB, &k);
+}
+
+static int queue_body(struct rd *r, uint32_t shard, const char *id, ProtobufCBinaryData *b)
+{
+	struct sk k;
+	char *v;
+	size_t len;
+	sk_queue_body(&k, shard, id);
+	int ret = rd_get(r, CF_BLOB, &k, &v, &len);
+	if (ret == MP_ENOENT) {
+		mp_log_error("store_queue_missing_body", "id=%s", id);
+		return MP_EIO;
+	}
+	if (ret < 0)
+		return ret;
+	b->data = (uint8_t *)v;
+	b->len = len;
+	return 0;
+}
+
+static Merpati__V1__QueueEntry *queue_entry_msg(struct mp_arena *a, const QueueRec *rec)
+{
+	Merpati__V1__QueueEntry *m = ALLOC(a, Merpati__V1__QueueEntry);
+	if (m == NULL)
+		return NULL;
+	merpati__v1__queue_entry__init(m);
+	m->rcpts = mp_arena_alloc(a, (rec->n_rcpts + 1) * sizeof(*m->rcpts));
+	if (m->rcpts == NULL)
+		return NULL;
+	for (size_t i = 0; i < rec->n_rcpts; i++) {
+		const QueueRcptRec *rr = rec->rcpts[i];
+		Merpati__V1__QueueRcpt *qr = ALLOC(a, Merpati__V1__QueueRcpt);
+		if (qr == NULL)
+			return NULL;
+		merpati__v1__queue_rcpt__init(qr);
+		qr->address = rr->address;
+		qr->state = (Merpati__V1__QueueRcptState)rr->state;
+		qr->last_code = rr->last_code;
+		qr->last_text = rr->last_text;
+		qr->notify = rr->notify;
+		qr->orcpt = rr->orcpt;
+		m->rcpts[m->n_rcpts++] = qr;
+	}
+	m->id = rec->id;
+	m->sender = rec->sender;
+	m->created_ms = rec->created_ms;
+	m->due_ms = rec->due_ms;
+	m->expires_ms = rec->expires_ms;
+	m->attempts = rec->attempts;
+	m->claimed_by = rec->claimed_by;
+	m->claim_until_ms = rec->claim_until_ms;
+	m->envid = rec->envid;
+	m->ret_full = rec->ret_full;
+	m->size = rec->size;
+	m->last_error = rec->last_error;
+	m->from_user = rec->from_user;
+	return m;
+}
+
+static int check_queue_entry(struct mp_arena *a, const Merpati__V1__QueueEntry *e,
+			     const char **err_r)
+{
+	int ret;
+	size_t pending = 0;
+	if (e == NULL) {
+		*err_r = "the queue entry is missing";
+		return MP_EINVAL;
+	}
+	if (e->sender && *e->sender &&
+	    (ret = check_envelope_addr(a, e->sender, "sender", err_r)) < 0)
+		return ret;
+	if (e->n_rcpts == 0 || e->n_rcpts > QUEUE_RCPTS_MAX) {
+		*err_r = arena_errf(a, "a queue entry needs 1 to %d recipients", QUEUE_RCPTS_MAX);
+		return MP_EINVAL;
+	}
+	for (size_t i = 0; i < e->n_rcpts; i++) {
+		const Merpati__V1__QueueRcpt *rc = e->rcpts[i];
+		const char *what = arena_errf(a, "recipient %zu", i + 1);
+		if ((ret = check_envelope_addr(a, rc->address, what, err_r)) < 0 ||
+		    (ret = check_text(a, rc->last_text, QUEUE_TEXT_MAX, what, err_r)) < 0 ||
+		    (ret = check_token(a, rc->orcpt, QUEUE_ORCPT_MAX, true, "ORCPT", err_r)) < 0)
+			return ret;
+		if (!rcpt_state_ok((uint32_t)rc->state) || rc->last_code > QUEUE_CODE_MAX) {
+			*err_r = arena_errf(a, "recipient %zu: unknown state or reply code", i + 1);
+			return MP_EINVAL;
+		}
+		/* RFC 3461 §4.1: NEVER stands alone. */
+		if ((rc->notify & ~QUEUE_NOTIFY_ALL) != 0 ||
+		    ((rc->notify & QUEUE_NOTIFY_NEVER) && rc->notify != QUEUE_NOTIFY_NEVER)) {
+			*err_r = arena_errf(a, "recipient %zu: bad NOTIFY bits %u", i + 1,
+					    rc->notify);
+			return MP_EINVAL;
+		}
+		if (rc->state == MERPATI__V1__QUEUE_RCPT_STATE__RCPT_PENDING)
+			pending++;
+	}
+	if (pending == 0) {
+		*err_r = "no recipient is pending: nothing to deliver";
+		return MP_EINVAL;
+	}
+	if (e->from_user && *e->from_user &&
+	    (ret = check_envelope_addr(a, e->from_user, "from_user", err_r)) < 0)
+		return ret;
+	return check_token(a, e->envid, QUEUE_ENVID_MAX, true, "ENVID", err_r);
+}
+
+static int m_queue_add(struct rd *r, uint32_t shard, const Merpati__V1__QueueAddRequest *q,
+		       ProtobufCMessage **rep_r, const char **err_r)
+{
+	const Merpati__V1__QueueEntry *e = q->entry;
+	int ret;
+	if ((ret = check_shard(r, shard, err_r)) < 0 ||
+	    (ret = check_queue_entry(r->arena, e, err_r)) < 0 ||
+	    (ret = check_body(r, q->body, err_r)) < 0)
+		return ret;
+	uint64_t now = now_ms();
+	const char *rid = ops_request_id(&q->base);
+	char *id = NULL;
+	struct sk k;
+	char *v;
+	size_t len;
+	Merpati__V1__QueueAddReply *rep = ALLOC(r->arena, Merpati__V1__QueueAddReply);
+	if (rep == NULL)
+		return MP_ENOMEM;
+	merpati__v1__queue_add_reply__init(rep);
+	for (int attempt = 0; attempt < QUEUE_ID_TRIES; attempt++) {
+		if ((ret = make_queue_id(r->arena, shard, rid, attempt, &id)) < 0)
+			return ret;
+		sk_queue_id(&k, shard, id);
+		ret = rd_get(r, CF_META, &k, &v, &len);
+		if (ret == MP_ENOENT)
+			break;
+		if (ret < 0)
+			return ret;
+		if (rid != NULL && attempt == 0) {
+			/* The same request, retried after its reply was
+			 * forgotten: its entry is already queued. */
+			rep->id = id;
+			*rep_r = &rep->base;
+			return 0;
+		}
+		id = NULL;
+	}
+	if (id == NULL) {
+		*err_r = "could not find a free queue id";
+		return MP_EIO;
+	}
+	QueueRec rec = MERPATI__REC__QUEUE_REC__INIT;
+	rec.rcpts = mp_arena_alloc(r->arena, e->n_rcpts * sizeof(*rec.rcpts));
+	if (rec.rcpts == NULL)
+		return MP_ENOMEM;
+	for (size_t i = 0; i < e->n_rcpts; i++) {
+		const Merpati__V1__QueueRcpt *rc = e->rcpts[i];
+		QueueRcptRec *rr = ALLOC(r->arena, QueueRcptRec);
+		if (rr == NULL)
+			return MP_ENOMEM;
+		merpati__rec__queue_rcpt_rec__init(rr);
+		rr->address = rc->address;
+		rr->state = (uint32_t)rc->state;
+		rr->last_code = rc->last_code;
+		rr->last_text = rc->last_text ? rc->last_text : (char *)"";
+		rr->notify = rc->notify;
+		rr->orcpt = rc->orcpt ? rc->orcpt : (char *)"";
+		rec.rcpts[rec.n_rcpts++] = rr;
+	}
+	rec.id = id;
+	rec.sender = e->sender ? e->sender : (char *)"";
+	rec.created_ms = now;
+	rec.due_ms = e->due_ms ? e->due_ms : now;
+	rec.expires_ms = e->expires_ms;
+	rec.claimed_by = "";
+	rec.envid = e->envid ? e->envid : (char *)"";
+	rec.ret_full = e->ret_full;
+	rec.size = q->body.len;
+	rec.last_error = "";
+	rec.from_user = e->from_user ? e->from_user : (char *)"";
+	if (*rec.from_user && (ret = norm_user(r->arena, e->from_user, &rec.from_user, err_r)) < 0)
+		return ret;
+	sk_queue_body(&k, shard, id);
+	if ((ret = txn_put_raw(r->pm, CF_BLOB, &k, q->body.data, q->body.len)) < 0 ||
+	    (ret = queue_save(r->pm, shard, &rec, UINT64_MAX)) < 0)
+		return ret;
+	rep->id = id;
+	*rep_r = &rep->base;
+	return 0;
+}
+
+/* Takes due entries in due order (the iterator reads the committed state;
+ * the keys this claim writes are all in the future, and no other claim of
+ * the shard is in the group: they share its conflict key). */
+static int m_queue_claim(struct rd *r, uint32_t shard, const Merpati__V1__QueueClaimRequest *q,
+			 ProtobufCMessage **rep_r, const char **err_r)
+{
+	int ret;
+	if ((ret = check_shard(r, shard, err_r)) < 0 ||
+	    (ret = check_token(r->arena, q->owner, QUEUE_OWNER_MAX, false, "owner", err_r)) < 0)
+		return ret;
+	if (q->lease_ms > QUEUE_LEASE_MAX_MS) {
+		*err_r = arena_errf(r->arena, "lease_ms above %u", QUEUE_LEASE_MAX_MS);
+		return MP_EINVAL;
+	}
+	uint64_t lease = q->lease_ms ? q->lease_ms : QUEUE_LEASE_DEFAULT_MS;
+	uint32_t limit = q->limit == 0 ? QUEUE_CLAIM_DEFAULT
+				       : q->limit > QUEUE_CLAIM_MAX ? QUEUE_CLAIM_MAX : q->limit;
+	uint64_t cap = r->st->o.max_message_size;
+	uint64_t max_bytes = q->max_bytes ? q->max_bytes : QUEUE_CLAIM_BYTES_DEFAULT;
+	if (max_bytes > cap)
+		max_bytes = cap;
+	uint64_t now = now_ms(), until = now + lease, total = 0;
+	Merpati__V1__QueueClaimReply *rep = ALLOC(r->arena, Merpati__V1__QueueClaimReply);
+	if (rep == NULL)
+		return MP_ENOMEM;
+	merpati__v1__queue_claim_reply__init(rep);
+	rep->now_ms = now;
+	rep->entries = mp_arena_alloc(r->arena, limit * sizeof(*rep->entries));
+	if (rep->entries == NULL)
+		return MP_ENOMEM;
+	struct sk pre;
+	struct it it;
+	sk_queue_due_prefix(&pre, shard);
+	it_open(r, CF_META, &pre, NULL, &it);
+	for (; it_valid(&it); it_next(&it)) {
+		size_t kl, vl;
+		const char *k = it_key(&it, &kl);
+		const char *v = it_val(&it, &vl);
+		QueueRec *rec;
+		if (kl <= pre.len + 8) {
+			ret = MP_EIO;
+			break;
+		}
+		uint64_t due = mp_be64_get(k + pre.len);
+		if (due > now || rep->n_entries == limit) {
+			rep->next_due_ms = due;
+			break;
+		}
+		if ((ret = rd_unpack(r, &merpati__rec__queue_rec__descriptor, v, vl, &rec)) < 0)
+			break;
+		Merpati__V1__QueuedMessage *qm = ALLOC(r->arena, Merpati__V1__QueuedMessage);
+		if (qm == NULL) {
+			ret = MP_ENOMEM;
+			break;
+		}
+		merpati__v1__queued_message__init(qm);
+		if ((ret = queue_body(r, shard, rec->id, &qm->body)) < 0)
+			break;
+		uint64_t size = vl + qm->body.len;
+		if (rep->n_entries > 0 && total + size > max_bytes) {
+			rep->next_due_ms = due;
+			break;
+		}
+		total += size;
+		rec->claimed_by = (char *)q->owner;
+		rec->claim_until_ms = until;
+		rec->due_ms = until;
+		rec->attempts++;
+		if ((ret = queue_save(r->pm, shard, rec, due)) < 0)
+			break;
+		if ((qm->entry = queue_entry_msg(r->arena, rec)) == NULL) {
+			ret = MP_ENOMEM;
+			break;
+		}
+		rep->entries[rep->n_entries++] = qm;
+	}
+	int cr = it_close(&it);
+	if (ret == 0)
+		ret = cr;
+	if (ret < 0)
+		return ret;
+	*rep_r = &rep->base;
+	return 0;
+}
+
+static int m_queue_update(struct rd *r, uint32_t shard, const Merpati__V1__QueueUpdateRequest *q,
+			  ProtobufCMessage **rep_r, const char **err_r)
+{
+	QueueRec *rec;
+	uint64_t due;
+	int ret;
+	if ((ret = check_shard(r, shard, err_r)) < 0 ||
+	    (ret = check_queue_id(r->arena, q->id, shard, err_r)) < 0 ||
+	    (ret = check_token(r->arena, q->owner, QUEUE_OWNER_MAX, false, "owner", err_r)) < 0 ||
+	    (ret = check_text(r->arena, q->last_error, QUEUE_TEXT_MAX, "last_error", err_r)) < 0 ||
+	    (ret = queue_load(r, shard, q->id, &rec, &due, err_r)) < 0)
+		return ret;
+	uint64_t now = now_ms();
+	/* Only the runner holding a live claim may report: after the lease
+	 * another runner may have the entry (and would deliver it again). */
+	if (rec->claimed_by == NULL || strcmp(rec->claimed_by, q->owner) != 0) {
+		*err_r = rec->claimed_by && *rec->claimed_by
+				 ? arena_errf(r->arena, "queue entry %s is claimed by %s, not %s",
+					      q->id, rec->claimed_by, q->owner)
+				 : arena_errf(r->arena, "queue entry %s is not claimed "
+					      "(its lease ended or it was retried)", q->id);
+		return MP_ESTATE;
+	}
+	if (rec->claim_until_ms <= now) {
+		*err_r = arena_errf(r->arena,
+				    "the claim of %s on queue entry %s expired %llu ms ago",
+				    q->owner, q->id,
+				    (unsigned long long)(now - rec->claim_until_ms));
+		return MP_ESTATE;
+	}
+	for (size_t i = 0; i < q->n_rcpts; i++) {
+		const Merpati__V1__RcptUpdate *u = q->rcpts[i];
+		if (u->index >= rec->n_rcpts) {
+			*err_r = arena_errf(r->arena, "recipient index %u: the entry has %zu",
+					    u->index, rec->n_rcpts);
+			return MP_EINVAL;
+		}
+		if (!rcpt_state_ok((uint32_t)u->state) || u->code > QUEUE_CODE_MAX) {
+			*err_r = arena_errf(r->arena,
+					    "recipient index %u: unknown state or reply code",
+					    u->index);
+			return MP_EINVAL;
+		}
+		if ((ret = check_text(r->arena, u->text, QUEUE_TEXT_MAX, "reply text", err_r)) < 0)
+			return ret;
+	}
+	for (size_t i = 0; i < q->n_rcpts; i++) {
+		const Merpati__V1__RcptUpdate *u = q->rcpts[i];
+		QueueRcptRec *rr = rec->rcpts[u->index];
+		rr->state = (uint32_t)u->state;
+		rr->last_code = u->code;
+		rr->last_text = u->text ? u->text : (char *)"";
+	}
+	Merpati__V1__QueueUpdateReply *rep = ALLOC(r->arena, Merpati__V1__QueueUpdateReply);
+	if (rep == NULL)
+		return MP_ENOMEM;
+	merpati__v1__queue_update_reply__init(rep);
+	for (size_t i = 0; i < rec->n_rcpts; i++)
+		if (rec->rcpts[i]->state == MERPATI__V1__QUEUE_RCPT_STATE__RCPT_PENDING)
+			rep->pending++;
+	if (rep->pending == 0) {
+		rep->deleted = true;
+		ret = queue_remove(r->pm, shard, rec->id, due);
+	} else {
+		rec->last_error = q->last_error ? q->last_error : (char *)"";
+		rec->claimed_by = "";
+		rec->claim_until_ms = 0;
+		rec->due_ms = q->next_due_ms ? q->next_due_ms : now;
+		ret = queue_save(r->pm, shard, rec, due);
+	}
+	if (ret < 0)
+		return ret;
+	*rep_r = &rep->base;
+	return 0;
+}
+
+/* QueueDelete (retry false) and QueueRetry (retry true). */
+static int m_queue_id_op(struct rd *r, uint32_t shard, const Merpati__V1__QueueIdRequest *q,
+			 bool retry, ProtobufCMessage **rep_r, const char **err_r)
+{
+	QueueRec *rec;
+	uint64_t due;
+	int ret;
+	if ((ret = check_shard(r, shard, err_r)) < 0 ||
+	    (ret = check_queue_id(r->arena, q->id, shard, err_r)) < 0 ||
+	    (ret = queue_load(r, shard, q->id, &rec, &due, err_r)) < 0)
+		return ret;
+	if (retry) {
+		/* A runner still working on it loses its claim (its update
+		 * is refused); the entry is due for anyone now. */
+		rec->claimed_by = "";
+		rec->claim_until_ms = 0;
+		rec->due_ms = now_ms();
+		ret = queue_save(r->pm, shard, rec, due);
+	} else {
+		ret = queue_remove(r->pm, shard, rec->id, due);
+	}
+	if (ret < 0)
+		return ret;
+	*rep_r = empty_reply(r->arena);
+	return *rep_r ? 0 : MP_ENOMEM;
+}
+
+static int r_queue_get(struct rd *r, const Merpati__V1__QueueIdRequest *q,
+		       ProtobufCMessage **rep_r, const char **err_r)
+{
+	QueueRec *rec;
+	uint64_t due;
+	int ret;
+	if ((ret = check_shard(r, q->shard, err_r)) < 0 ||
+	    (ret = check_queue_id(r->arena, q->id, q->shard, err_r)) < 0 ||
+	    (ret = queue_load(r, q->shard, q->id, &rec, &due, err_r)) < 0)
+		return ret;
+	Merpati__V1__QueuedMessage *rep = ALLOC(r->arena, Merpati__V1__QueuedMessage);
+	if (rep == NULL)
+		return MP_ENOMEM;
+	merpati__v1__queued_message__init(rep);
+	if ((rep->entry = queue_entry_msg(r->arena, rec)) == NULL)
+		return MP_ENOMEM;
+	if (q->with_body && (ret = queue_body(r, q->shard, rec->id, &rep->body)) < 0)
+		return ret;
+	*rep_r = &rep->base;
+	return 0;
+}
+
+/* Entries of a shard by id (ids do not move; due times do). */
+static int r_queue_list(struct rd *r, const Merpati__V1__QueueListRequest *q,
+			ProtobufCMessage **rep_r, const char **err_r)
+{
+	uint32_t limit = clamp_limit(q->limit);
+	size_t bytes = 0;
+	int ret;
+	if ((ret = check_shard(r, q->shard, err_r)) < 0)
+		return ret;
+	if (q->after && strlen(q->after) > QUEUE_ID_MAX) {
+		*err_r = "after is too long";
+		return MP_EINVAL;
+	}
+	Merpati__V1__QueueListReply *rep = ALLOC(r->arena, Merpati__V1__QueueListReply);
+	if (rep == NULL)
+		return MP_ENOMEM;
+	merpati__v1__queue_list_reply__init(rep);
+	rep->entries = mp_arena_alloc(r->arena, (limit + 1) * sizeof(*rep->entries));
+	if (rep->entries == NULL)
+		return MP_ENOMEM;
+	struct sk pre, from, up;
+	struct it it;
+	sk_queue_id_prefix(&pre, q->shard);
+	sk_upper(&up, &pre);
+	from = pre;
+	if (q->after && *q->after) {
+		sk_str(&from, q->after);
+		sk_bytes(&from, "", 1); /* strictly after */
+	}
+	it_open(r, CF_META, &from, &up, &it);
+	for (; it_valid(&it); it_next(&it)) {
+		size_t kl, vl;
+		const char *k = it_key(&it, &kl);
+		const char *v = it_val(&it, &vl);
+		QueueRec *rec;
+		struct sk dk;
+		if (rep->n_entries == limit || bytes > QUEUE_LIST_BYTES) {
+			rep->more = true;
+			break;
+		}
+		if (vl != 8 || kl <= pre.len || kl - pre.len > QUEUE_ID_MAX) {
+			ret = MP_EIO;
+			break;
+		}
+		char id[QUEUE_ID_MAX + 1];
+		memcpy(id, k + pre.len, kl - pre.len);
+		id[kl - pre.len] = '\0';
+		sk_queue_due(&dk, q->shard, mp_be64_get(v), id);
+		if ((ret = rd_get_msg(r, &dk, &merpati__rec__queue_rec__descriptor, &rec)) < 0) {
+			if (ret == MP_ENOENT) {
+				mp_log_error("store_queue_dangling_id", "id=%s", id);
+				ret = MP_EIO;
+			}
+			break;
+		}
+		if ((rep->entries[rep->n_entries] = queue_entry_msg(r->arena, rec)) == NULL) {
+			ret = MP_ENOMEM;
+			break;
+		}
+		rep->n_entries++;
+		bytes += protobuf_c_message_get_packed_size(&rec->base);
+	}
+	int cr = it_close(&it);
+	if (ret == 0)
+		ret = cr;
+	if (ret < 0)
+		return ret;
+	*rep_r = &rep->base;
+	return 0;
+}
+
 /* ------------------------------------------------------------ dispatch */
 
 int ops_mutate(struct rd *r, enum store_op op, const ProtobufCMessage *req,
 	       ProtobufCMessage **rep, const char **err)
 {
 	uint32_t shard = 0;
-	if (op != STORE_CREATE_DOMAIN && op != STORE_DELETE_DOMAIN && op != STORE_APPEND_MANY)
+	if (is_queue_op(op))
+		shard = req_shard(req);
+	else if (op == STORE_SET_ALIAS || op == STORE_DELETE_ALIAS)
+		shard = user_shard(r, ((const Merpati__V1__AliasRequest *)req)->alias);
+	else if (op != STORE_CREATE_DOMAIN && op != STORE_DELETE_DOMAIN && op != STORE_APPEND_MANY)
 		shard = user_shard(r, req_user(req));
 	else if (op == STORE_APPEND_MANY)
 		shard = user_shard(r, ((const Merpati__V1__AppendManyRequest *)req)
@@ -2233,6 +3286,15 @@ int ops_mutate(struct rd *r, enum store_op op, const ProtobufCMessage *req,
 	case STORE_COPY: return m_copy(r, shard, (const void *)req, false, rep, err);
 	case STORE_MOVE: return m_copy(r, shard, (const void *)req, true, rep, err);
 	case STORE_EXPUNGE: return m_expunge(r, shard, (const void *)req, rep, err);
+	case STORE_SET_ALIAS: return m_set_alias(r, shard, (const void *)req, rep, err);
+	case STORE_DELETE_ALIAS: return m_delete_alias(r, shard, (const void *)req, rep, err);
+	case STORE_QUEUE_ADD: return m_queue_add(r, shard, (const void *)req, rep, err);
+	case STORE_QUEUE_CLAIM: return m_queue_claim(r, shard, (const void *)req, rep, err);
+	case STORE_QUEUE_UPDATE: return m_queue_update(r, shard, (const void *)req, rep, err);
+	case STORE_QUEUE_DELETE:
+		return m_queue_id_op(r, shard, (const void *)req, false, rep, err);
+	case STORE_QUEUE_RETRY:
+		return m_queue_id_op(r, shard, (const void *)req, true, rep, err);
 	default:
 		*err = "not a mutation";
 		return MP_EINVAL;
@@ -2254,6 +3316,11 @@ int ops_read(struct rd *r, enum store_op op, const ProtobufCMessage *req,
 	case STORE_FETCH_BODY: return r_fetch_body(r, (const void *)req, rep, err);
 	case STORE_CHANGES_SINCE: return r_changes_since(r, (const void *)req, rep, err);
 	case STORE_NODE_INFO: return r_node_info(r, rep);
+	case STORE_GET_ALIAS: return r_get_alias(r, (const void *)req, rep, err);
+	case STORE_LIST_ALIASES: return r_list_aliases(r, (const void *)req, rep, err);
+	case STORE_RESOLVE_RECIPIENT: return r_resolve(r, (const void *)req, rep, err);
+	case STORE_QUEUE_LIST: return r_queue_list(r, (const void *)req, rep, err);
+	case STORE_QUEUE_GET: return r_queue_get(r, (const void *)req, rep, err);
 	default:
 		*err = "not a read";
 		return MP_EINVAL;
@@ -2262,7 +3329,6 @@ int ops_read(struct rd *r, enum store_op op, const ProtobufCMessage *req,
 
 /* ------------------------------------------------------------ retries */
 
-#define RID_MAX 128
 #define RID_KEEP_S 600       /* a retry comes within minutes, not hours */
 #define RID_EXPIRE_BATCH 64  /* old ids deleted per write */
 
@@ -2294,8 +3360,63 @@ static const ProtobufCMessageDescriptor *reply_desc(enum store_op op)
 	case STORE_COPY:
 	case STORE_MOVE: return &merpati__v1__copy_reply__descriptor;
 	case STORE_EXPUNGE: return &merpati__v1__expunge_reply__descriptor;
+	case STORE_SET_ALIAS: return &merpati__v1__alias_reply__descriptor;
+	case STORE_QUEUE_ADD: return &merpati__v1__queue_add_reply__descriptor;
+	case STORE_QUEUE_CLAIM: return &merpati__v1__queue_claim_reply__descriptor;
+	case STORE_QUEUE_UPDATE: return &merpati__v1__queue_update_reply__descriptor;
 	default: return &merpati__v1__empty__descriptor;
 	}
+}
+
+/* A claim is remembered without its bodies (they can be megabytes, and
+ * they are in the blob family anyway): a copy of the reply with empty
+ * bodies, its pointers borrowed. */
+static const ProtobufCMessage *claim_strip(struct mp_arena *a,
+					   const Merpati__V1__QueueClaimReply *rep)
+{
+	Merpati__V1__QueueClaimReply *c = ALLOC(a, Merpati__V1__QueueClaimReply);
+	if (c == NULL)
+		return NULL;
+	*c = *rep;
+	c->entries = mp_arena_alloc(a, (rep->n_entries + 1) * sizeof(*c->entries));
+	if (c->entries == NULL)
+		return NULL;
+	for (size_t i = 0; i < rep->n_entries; i++) {
+		Merpati__V1__QueuedMessage *m = ALLOC(a, Merpati__V1__QueuedMessage);
+		if (m == NULL)
+			return NULL;
+		*m = *rep->entries[i];
+		m->body.data = NULL;
+		m->body.len = 0;
+		c->entries[i] = m;
+	}
+	return &c->base;
+}
+
+/* A retried claim answers the same entries with their bodies read again;
+ * an entry deleted since (an operator's QueueDelete) is left out. */
+static int claim_refill(struct rd *r, uint32_t shard, Merpati__V1__QueueClaimReply *rep)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < rep->n_entries; i++) {
+		Merpati__V1__QueuedMessage *m = rep->entries[i];
+		struct sk k;
+		char *v;
+		size_t len;
+		if (m->entry == NULL || m->entry->id == NULL)
+			return MP_EIO;
+		sk_queue_body(&k, shard, m->entry->id);
+		int ret = rd_get(r, CF_BLOB, &k, &v, &len);
+		if (ret == MP_ENOENT)
+			continue;
+		if (ret < 0)
+			return ret;
+		m->body.data = (uint8_t *)v;
+		m->body.len = len;
+		rep->entries[n++] = m;
+	}
+	rep->n_entries = n;
+	return 0;
 }
 
 static void sk_rid(struct sk *k, uint32_t shard, const char *rid)
@@ -2316,7 +3437,11 @@ int ops_dedup_lookup(struct rd *r, uint32_t shard, enum store_op op, const char 
 		return ret;
 	if (len < 8)
 		return MP_EIO;
-	return rd_unpack(r, reply_desc(op), v + 8, len - 8, reply_r);
+	if ((ret = rd_unpack(r, reply_desc(op), v + 8, len - 8, reply_r)) < 0)
+		return ret;
+	if (op == STORE_QUEUE_CLAIM)
+		return claim_refill(r, shard, (Merpati__V1__QueueClaimReply *)*reply_r);
+	return 0;
 }
 
 int ops_dedup_remember(struct rd *r, uint32_t shard, const char *rid,
@@ -2324,6 +3449,9 @@ int ops_dedup_remember(struct rd *r, uint32_t shard, const char *rid,
 {
 	struct sk k, ek, pre, cut;
 	uint64_t now = now_s();
+	if (reply->descriptor == &merpati__v1__queue_claim_reply__descriptor &&
+	    (reply = claim_strip(r->arena, (const void *)reply)) == NULL)
+		return MP_ENOMEM;
 	size_t n = protobuf_c_message_get_packed_size(reply);
 	uint8_t *buf = mp_arena_alloc(r->arena, n + 8);
 	if (buf == NULL)

@@ -38,6 +38,7 @@ enum ctl_opt_bit {
 	CTL_OPT_SECONDS = 1u << 4,
 	CTL_OPT_PAGE_SIZE = 1u << 5,
 	CTL_OPT_JSON = 1u << 6,
+	CTL_OPT_SHARD = 1u << 7,
 };
 
 struct ctl_opts {
@@ -53,6 +54,7 @@ struct ctl_opts {
 	uint64_t count;        /* 0 = not given */
 	uint64_t seconds;      /* 0 = not given */
 	uint32_t page_size;    /* 0 = the node's default */
+	uint32_t shard;        /* --shard, when CTL_OPT_SHARD is in seen */
 	int hash_stdin;
 	int json;
 	int verbose;
@@ -92,6 +94,8 @@ struct ctl_flags {
 /* Leaves room in one gRPC message for the other fields of AppendRequest. */
 #define CTL_BODY_MAX (63u * 1024 * 1024)
 #define CTL_PAGES_MAX 1000000
+#define CTL_ALIAS_TARGETS_MAX 100
+#define CTL_QUEUE_ID_LEN_MAX 32
 
 /* ---------------------------------------------------------- merpatictl.c */
 
@@ -197,6 +201,17 @@ int ctl_connect_user(struct ctl *c, const char *user);
 /* "user list" over the cluster: every live node lists the accounts of the
  * shards it leads; merged, deduplicated, sorted. domain may be "". */
 int ctl_user_list_cluster(struct ctl *c, const char *domain);
+/* The cluster's shard count: the shard map's with --etcd, else the
+ * --node's (NodeInfo). Exit status. */
+int ctl_shard_count(struct ctl *c, uint32_t *n_r);
+/* Routing by shard: mp_route_call to the shard's leader with --etcd, the
+ * --node otherwise (ctl_call routes requests with a "shard" field there
+ * too; this is for callers that must tell NOT_LEADER apart). 0 with
+ * *resp_r, or the MP_E* error with *error_r (malloc'd or NULL). */
+int ctl_call_shard_raw(struct ctl *c, const char *method, uint32_t shard,
+		       const ProtobufCMessage *req,
+		       const ProtobufCMessageDescriptor *resp_desc,
+		       ProtobufCMessage **resp_r, char **error_r);
 
 /* ------------------------------------------------- command handlers */
 
@@ -230,6 +245,16 @@ int ctl_cmd_watch(struct ctl *c, char **args, int nargs);
 int ctl_cmd_node_info(struct ctl *c, char **args, int nargs);
 
 int ctl_cmd_cluster_status(struct ctl *c, char **args, int nargs);
+
+int ctl_cmd_alias_add(struct ctl *c, char **args, int nargs);
+int ctl_cmd_alias_remove(struct ctl *c, char **args, int nargs);
+int ctl_cmd_alias_show(struct ctl *c, char **args, int nargs);
+int ctl_cmd_alias_list(struct ctl *c, char **args, int nargs);
+
+int ctl_cmd_queue_list(struct ctl *c, char **args, int nargs);
+int ctl_cmd_queue_show(struct ctl *c, char **args, int nargs);
+int ctl_cmd_queue_retry(struct ctl *c, char **args, int nargs);
+int ctl_cmd_queue_delete(struct ctl *c, char **args, int nargs);
 int ctl_cmd_node_drain(struct ctl *c, char **args, int nargs);
 int ctl_cmd_node_undrain(struct ctl *c, char **args, int nargs);
 int ctl_cmd_node_remove(struct ctl *c, char **args, int nargs);

@@ -2,10 +2,14 @@
  * ctl_account: merpatictl's domain and user commands.
  *
  * Passwords come only from stdin and are hashed here (yescrypt through
- * mp_password) so the node never sees one; the buffer that held a password
- * is wiped before anything else happens. An imported hash is checked with
- * mp_password_check_hash and stored as given. A stored hash is never
- * printed: "user show" names its scheme only.
+ * mp_password) so the node never sees one; a SCRAM-SHA-256 record (RFC
+ * 5803, through mp_scram) is derived from the same password so SASL
+ * SCRAM logins work; the buffer that held a password is wiped before
+ * anything else happens. An imported hash (--hash-stdin) is checked with
+ * mp_password_check_hash and stored as given, without a SCRAM record (the
+ * node then clears any old one). A stored hash or SCRAM record is never
+ * printed: "user show" names the hash's scheme and SCRAM's iterations
+ * only.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +21,7 @@
 #include "mp_config.h"
 #include "mp_error.h"
 #include "mp_password.h"
+#include "mp_scram.h"
 
 #define CTL_SECRET_CAP (MP_PASSWORD_MAX + 8)
 
@@ -149,8 +154,10 @@ static int ctl_user_arg(struct ctl *c, char *user)
 }
 
 /* The hash to store, from stdin: a new password hashed here, or with
- * --hash-stdin an existing hash checked and kept. *hash_r is malloc'd. */
-static int ctl_hash_from_stdin(struct ctl *c, char **hash_r)
+ * --hash-stdin an existing hash checked and kept. *hash_r is malloc'd;
+ * so is *scram_r, the SCRAM record of a new password (NULL for an imported
+ * hash). */
+static int ctl_hash_from_stdin(struct ctl *c, char **hash_r, char **scram_r)
 {
 	char secret[CTL_SECRET_CAP];
 	const char *error = NULL;
@@ -158,6 +165,7 @@ static int ctl_hash_from_stdin(struct ctl *c, char **hash_r)
 	int err, ret = CTL_EXIT_OK;
 
 	*hash_r = NULL;
+	*scram_r = NULL;
 	if (c->opt.hash_stdin) {
 		err = ctl_read_line_stdin("Hash: ", secret, sizeof secret,
 					  MP_HASH_MAX, &len, &error);
@@ -198,10 +206,22 @@ static int ctl_hash_from_stdin(struct ctl *c, char **hash_r)
 		return ctl_exit_for(err);
 	}
 	err = mp_password_hash(secret, len, hash_r);
-	mp_memwipe(secret, sizeof secret);
 	if (err != 0) {
+		mp_memwipe(secret, sizeof secret);
 		*hash_r = NULL;
 		ctl_err(c, "hashing the password failed: %s", mp_strerror(err));
+		return CTL_EXIT_ERROR;
+	}
+	/* RFC 7677 §4: at least 4096 iterations (mp_scram's default). */
+	err = mp_scram_make(secret, len, 0, scram_r);
+	mp_memwipe(secret, sizeof secret);
+	if (err != 0) {
+		*scram_r = NULL;
+		mp_memwipe(*hash_r, strlen(*hash_r));
+		free(*hash_r);
+		*hash_r = NULL;
+		ctl_err(c, "deriving the SCRAM-SHA-256 keys failed: %s",
+			mp_strerror(err));
 		return CTL_EXIT_ERROR;
 	}
 	return CTL_EXIT_OK;
@@ -231,7 +251,7 @@ int ctl_cmd_user_add(struct ctl *c, char **args, int nargs)
 	Merpati__V1__CreateAccountRequest req =
 		MERPATI__V1__CREATE_ACCOUNT_REQUEST__INIT;
 	Merpati__V1__AccountReply *resp = NULL;
-	char *hash = NULL;
+	char *hash = NULL, *scram = NULL;
 	uint64_t quota = 0;
 	int ret;
 
@@ -244,16 +264,18 @@ int ctl_cmd_user_add(struct ctl *c, char **args, int nargs)
 		if (ret != CTL_EXIT_OK)
 			return ret;
 	}
-	ret = ctl_hash_from_stdin(c, &hash);
+	ret = ctl_hash_from_stdin(c, &hash, &scram);
 	if (ret != CTL_EXIT_OK)
 		return ret;
 	req.user = args[0];
 	req.password_hash = hash;
+	req.scram_sha256 = scram != NULL ? scram : (char *)"";
 	req.quota_bytes = quota;
 	ret = ctl_call(c, "CreateAccount", &req.base,
 		       &merpati__v1__account_reply__descriptor,
 		       (ProtobufCMessage **)&resp);
 	ctl_hash_free(&hash);
+	ctl_hash_free(&scram);
 	if (ret != CTL_EXIT_OK)
 		return ret;
 	if (resp->account != NULL)
@@ -340,20 +362,22 @@ int ctl_cmd_user_passwd(struct ctl *c, char **args, int nargs)
 {
 	Merpati__V1__SetPasswordRequest req =
 		MERPATI__V1__SET_PASSWORD_REQUEST__INIT;
-	char *hash = NULL;
+	char *hash = NULL, *scram = NULL;
 	int ret;
 
 	(void)nargs;
 	ret = ctl_user_arg(c, args[0]);
 	if (ret != CTL_EXIT_OK)
 		return ret;
-	ret = ctl_hash_from_stdin(c, &hash);
+	ret = ctl_hash_from_stdin(c, &hash, &scram);
 	if (ret != CTL_EXIT_OK)
 		return ret;
 	req.user = args[0];
 	req.password_hash = hash;
+	req.scram_sha256 = scram != NULL ? scram : (char *)"";
 	ret = ctl_call_empty(c, "SetPassword", &req.base);
 	ctl_hash_free(&hash);
+	ctl_hash_free(&scram);
 	if (ret != CTL_EXIT_OK)
 		return ret;
 	printf("password of %s changed\n", args[0]);
@@ -399,6 +423,21 @@ int ctl_cmd_user_show(struct ctl *c, char **args, int nargs)
 	/* Only the scheme: salt and digest stay with the node. */
 	printf("hash: %s\n", ctl_hash_scheme(a->password_hash, scheme,
 					     sizeof scheme));
+	/* Whether SCRAM logins work, and the cost; never the keys. */
+	if (a->scram_sha256 != NULL && *a->scram_sha256 != '\0') {
+		struct mp_scram_cred cred;
+		const char *error = NULL;
+
+		if (mp_scram_parse(a->scram_sha256, &cred, &error) == 0)
+			printf("scram: SCRAM-SHA-256 iterations=%u\n",
+			       cred.iter);
+		else
+			printf("scram: unreadable record\n");
+		mp_wipe(&cred, sizeof cred);
+		mp_memwipe(a->scram_sha256, strlen(a->scram_sha256));
+	} else {
+		printf("scram: none\n");
+	}
 	if (a->password_hash != NULL)
 		mp_memwipe(a->password_hash, strlen(a->password_hash));
 	protobuf_c_message_free_unpacked(&resp->base, NULL);

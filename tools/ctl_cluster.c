@@ -164,8 +164,9 @@ static const char *ctl_string_value(const ProtobufCMessage *m,
 }
 
 /* Which shard a MailStore request belongs to. Domains live on shard 0
- * (docs/DESIGN.md "etcd keys": until they move to etcd); everything else
- * names its user. Exit status. */
+ * (docs/DESIGN.md "etcd keys": until they move to etcd); the queue's and
+ * ListAliases' requests name their shard; alias requests name the alias
+ * address; everything else names its user. Exit status. */
 static int ctl_route_shard(struct ctl *c, const char *method,
 			   const ProtobufCMessage *req, uint32_t *shard_r)
 {
@@ -181,7 +182,17 @@ static int ctl_route_shard(struct ctl *c, const char *method,
 			return CTL_EXIT_OK;
 		}
 	}
-	f = ctl_string_field(req, "user");
+	f = protobuf_c_message_descriptor_get_field_by_name(req->descriptor,
+							    "shard");
+	if (f != NULL && f->type == PROTOBUF_C_TYPE_UINT32 &&
+	    f->label != PROTOBUF_C_LABEL_REPEATED) {
+		*shard_r = *(const uint32_t *)(const void *)
+			   ((const char *)req + f->offset);
+		return CTL_EXIT_OK;
+	}
+	f = ctl_string_field(req, "alias");
+	if (f == NULL)
+		f = ctl_string_field(req, "user");
 	user = f != NULL ? ctl_string_value(req, f) : NULL;
 	if (user == NULL || *user == '\0') {
 		ctl_err(c, "internal error: %s names no user to route by",
@@ -306,6 +317,74 @@ int ctl_route_call(struct ctl *c, const char *method, const char *path,
 	free(msg);
 	if (*resp_r == NULL) {
 		ctl_err(c, "%s: the node sent no reply", method);
+		return CTL_EXIT_ERROR;
+	}
+	return CTL_EXIT_OK;
+}
+
+int ctl_call_shard_raw(struct ctl *c, const char *method, uint32_t shard,
+		       const ProtobufCMessage *req,
+		       const ProtobufCMessageDescriptor *resp_desc,
+		       ProtobufCMessage **resp_r, char **error_r)
+{
+	ProtobufCMessage *copy = NULL;
+	char path[128], rid[64];
+	int err;
+
+	*resp_r = NULL;
+	*error_r = NULL;
+	if (mp_rpc_method_path(&merpati__v1__mail_store__descriptor, method,
+			       path, sizeof path) == NULL)
+		return MP_EINVAL;
+	if (c->opt.etcd == NULL) {
+		if (ctl_connect(c) != CTL_EXIT_OK)
+			return MP_EUNAVAIL;
+		err = mp_rpc_call(c->ch, path, req, resp_desc,
+				  c->opt.timeout_ms, resp_r, error_r);
+	} else {
+		if (ctl_route_open(c) != CTL_EXIT_OK)
+			return MP_EUNAVAIL;
+		err = ctl_with_request_id(req, rid, sizeof rid, &copy);
+		if (err != 0)
+			return err;
+		err = mp_route_call(c->route, shard, path,
+				    copy != NULL ? copy : req, resp_desc,
+				    c->opt.timeout_ms, resp_r, error_r);
+		free(copy);
+		ctl_set_leader_target(c, shard);
+	}
+	if (err == 0 && *resp_r == NULL)
+		err = MP_EPROTO;
+	if (err != 0 && *resp_r != NULL) {
+		protobuf_c_message_free_unpacked(*resp_r, NULL);
+		*resp_r = NULL;
+	}
+	return err;
+}
+
+int ctl_shard_count(struct ctl *c, uint32_t *n_r)
+{
+	Merpati__V1__Empty req = MERPATI__V1__EMPTY__INIT;
+	Merpati__V1__NodeInfoReply *resp = NULL;
+	int ret;
+
+	*n_r = 0;
+	if (c->opt.etcd != NULL) {
+		ret = ctl_route_open(c);
+		if (ret != CTL_EXIT_OK)
+			return ret;
+		*n_r = ctl_map_shards(c);
+		return CTL_EXIT_OK;
+	}
+	ret = ctl_call(c, "NodeInfo", &req.base,
+		       &merpati__v1__node_info_reply__descriptor,
+		       (ProtobufCMessage **)&resp);
+	if (ret != CTL_EXIT_OK)
+		return ret;
+	*n_r = resp->shard_count;
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	if (*n_r == 0) {
+		ctl_err(c, "NodeInfo: %s has no shards", ctl_target(c));
 		return CTL_EXIT_ERROR;
 	}
 	return CTL_EXIT_OK;
@@ -556,7 +635,8 @@ int ctl_user_list_cluster(struct ctl *c, const char *domain)
 		ctl_acct_list_free(&l);
 		return ret;
 	}
-	qsort(l.v, l.n, sizeof *l.v, ctl_acct_cmp);
+	if (l.n > 0) /* l.v is NULL then: qsort's argument must not be */
+		qsort(l.v, l.n, sizeof *l.v, ctl_acct_cmp);
 	for (i = 0; i < l.n; i++) {
 		const Merpati__V1__Account *a = l.v[i];
 

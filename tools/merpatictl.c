@@ -13,8 +13,8 @@
  *
  * This file holds the entry point: option parsing, the command table, the
  * signal thread, the node connection and the error -> exit status mapping.
- * The commands live in ctl_account.c, ctl_mail.c, ctl_node.c and
- * ctl_cluster.c.
+ * The commands live in ctl_account.c, ctl_mail.c, ctl_node.c,
+ * ctl_cluster.c and ctl_queue.c (aliases and the outbound queue).
  *
  * Exit status: 0 ok, 1 usage, 2 not found, 3 already exists, 4 invalid
  * argument, 5 node unavailable, 6 any other error. Errors go to stderr with
@@ -40,7 +40,7 @@
 
 #define CTL_DEFAULT_TIMEOUT_S 30
 #define CTL_MAX_TIMEOUT_S 86400
-#define CTL_MAX_ARGS 64
+#define CTL_MAX_ARGS 128     /* alias add: 2 words, the alias, 100 targets */
 #define CTL_ENDPOINTS_MAX 1024
 #define CTL_CLUSTER_NAME_MAX 63
 
@@ -150,6 +150,30 @@ static const struct ctl_command ctl_commands[] = {
 	  CTL_KIND_CLUSTER },
 	{ "cluster", "status", ctl_cmd_cluster_status, 0, 0, CTL_OPT_JSON,
 	  "cluster status [--json]    (--etcd)", CTL_KIND_CLUSTER },
+
+	{ "alias", "add", ctl_cmd_alias_add, 2, CTL_ALIAS_TARGETS_MAX + 1, 0,
+	  "alias add ALIAS TARGET...  (create or replace; targets may be remote)",
+	  CTL_KIND_STORE },
+	{ "alias", "remove", ctl_cmd_alias_remove, 1, 1, 0,
+	  "alias remove ALIAS", CTL_KIND_STORE },
+	{ "alias", "del", ctl_cmd_alias_remove, 1, 1, 0, NULL, CTL_KIND_STORE },
+	{ "alias", "show", ctl_cmd_alias_show, 1, 1, 0, "alias show ALIAS",
+	  CTL_KIND_STORE },
+	{ "alias", "list", ctl_cmd_alias_list, 0, 1, CTL_OPT_PAGE_SIZE,
+	  "alias list [DOMAIN] [--page-size N]", CTL_KIND_STORE },
+
+	{ "queue", "list", ctl_cmd_queue_list, 0, 0,
+	  CTL_OPT_SHARD | CTL_OPT_PAGE_SIZE,
+	  "queue list [--shard N] [--page-size N]   (outbound queue; all shards "
+	  "by default)", CTL_KIND_STORE },
+	{ "queue", "show", ctl_cmd_queue_show, 1, 1, 0, "queue show ID",
+	  CTL_KIND_STORE },
+	{ "queue", "retry", ctl_cmd_queue_retry, 1, 1, 0,
+	  "queue retry ID             (due now; a runner's claim is dropped)",
+	  CTL_KIND_STORE },
+	{ "queue", "delete", ctl_cmd_queue_delete, 1, 1, 0,
+	  "queue delete ID            (no bounce is sent)", CTL_KIND_STORE },
+	{ "queue", "del", ctl_cmd_queue_delete, 1, 1, 0, NULL, CTL_KIND_STORE },
 };
 
 static void ctl_print_usage(FILE *out)
@@ -182,8 +206,9 @@ static void ctl_print_usage(FILE *out)
 	}
 	fprintf(out, "  help\n"
 		"\n"
-		"USER is local@domain. UIDSET is an IMAP sequence set over UIDs "
-		"(\"1:5,7,9:*\").\n"
+		"USER and ALIAS are local@domain. UIDSET is an IMAP sequence "
+		"set over UIDs\n(\"1:5,7,9:*\"). ID is an outbound queue "
+		"entry's id (\"5.0123456789abcdef\").\n"
 		"Passwords and hashes are read from stdin, never from the "
 		"command line.\n"
 		"exit status: 0 ok, 1 usage, 2 not found, 3 already exists, "
@@ -459,6 +484,7 @@ static const struct ctl_optdef ctl_optdefs[] = {
 	{ "seconds", 1, CTL_OPT_SECONDS },
 	{ "page-size", 1, CTL_OPT_PAGE_SIZE },
 	{ "json", 0, CTL_OPT_JSON },
+	{ "shard", 1, CTL_OPT_SHARD },
 };
 
 /* Parses a whole number within [min, max]; 0 or MP_EINVAL. */
@@ -541,6 +567,14 @@ static int ctl_set_opt(struct ctl *c, const struct ctl_optdef *d,
 			return CTL_EXIT_INVALID;
 		}
 		c->opt.seconds = v;
+	} else if (strcmp(d->name, "shard") == 0) {
+		/* The node checks it against the shard count. */
+		if (ctl_parse_bounded(value, 0, UINT32_MAX - 1, &v) != 0) {
+			ctl_err(NULL, "--shard: expected a shard number, got "
+				"\"%s\"", value);
+			return CTL_EXIT_INVALID;
+		}
+		c->opt.shard = (uint32_t)v;
 	} else if (strcmp(d->name, "page-size") == 0) {
 		if (ctl_parse_bounded(value, 1, 100000, &v) != 0) {
 			ctl_err(NULL, "--page-size: expected 1..100000, got "

@@ -4,9 +4,14 @@
  * The first byte picks the method, the rest is unpacked as that method's
  * request message (as the gRPC glue would), and the store must answer every
  * one without crashing, leaking or corrupting itself. A small account with a
- * few messages is set up once so mutations reach deep code.
+ * few messages, an alias and queued entries are set up once so mutations
+ * reach deep code. Queue ids cannot be guessed (they are hashes), so a
+ * queue request that names no id gets a fresh entry claimed by "fz", and
+ * its id (and "fz" as owner when none is given) is put in: updates, retries
+ * and deletes then get past the lookup and the owner check.
  */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +51,18 @@ static const ProtobufCMessageDescriptor *req_desc[STORE_OP_COUNT] = {
 	[STORE_EXPUNGE] = &merpati__v1__expunge_request__descriptor,
 	[STORE_CHANGES_SINCE] = &merpati__v1__changes_since_request__descriptor,
 	[STORE_NODE_INFO] = &merpati__v1__empty__descriptor,
+	[STORE_SET_ALIAS] = &merpati__v1__alias_request__descriptor,
+	[STORE_DELETE_ALIAS] = &merpati__v1__alias_request__descriptor,
+	[STORE_GET_ALIAS] = &merpati__v1__alias_request__descriptor,
+	[STORE_LIST_ALIASES] = &merpati__v1__list_aliases_request__descriptor,
+	[STORE_RESOLVE_RECIPIENT] = &merpati__v1__user_request__descriptor,
+	[STORE_QUEUE_ADD] = &merpati__v1__queue_add_request__descriptor,
+	[STORE_QUEUE_CLAIM] = &merpati__v1__queue_claim_request__descriptor,
+	[STORE_QUEUE_UPDATE] = &merpati__v1__queue_update_request__descriptor,
+	[STORE_QUEUE_LIST] = &merpati__v1__queue_list_request__descriptor,
+	[STORE_QUEUE_GET] = &merpati__v1__queue_id_request__descriptor,
+	[STORE_QUEUE_DELETE] = &merpati__v1__queue_id_request__descriptor,
+	[STORE_QUEUE_RETRY] = &merpati__v1__queue_id_request__descriptor,
 };
 
 struct wait {
@@ -83,6 +100,65 @@ static void run(enum store_op op, const ProtobufCMessage *req)
 	pthread_mutex_unlock(&w.mu);
 }
 
+/* A QueueAdd's answer: the new id, copied out of the reply. */
+struct add_wait {
+	struct wait w;
+	char id[64];
+};
+
+static void add_cb(int err, const char *msg, const ProtobufCMessage *reply, void *arg)
+{
+	struct add_wait *a = arg;
+	(void)msg;
+	if (err == 0 && reply != NULL) {
+		const Merpati__V1__QueueAddReply *r = (const void *)reply;
+		snprintf(a->id, sizeof(a->id), "%s", r->id ? r->id : "");
+	}
+	pthread_mutex_lock(&a->w.mu);
+	a->w.done = 1;
+	pthread_cond_signal(&a->w.cv);
+	pthread_mutex_unlock(&a->w.mu);
+}
+
+/* Queue a fresh entry in shard and claim what is due there as "fz"; the
+ * entry's id into id (empty when the add failed). */
+static void fresh_claimed_entry(uint32_t shard, char *id, size_t idlen)
+{
+	static unsigned long long n;
+	struct add_wait a = { { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 }, "" };
+	Merpati__V1__QueueRcpt r1 = MERPATI__V1__QUEUE_RCPT__INIT;
+	Merpati__V1__QueueRcpt r2 = MERPATI__V1__QUEUE_RCPT__INIT;
+	Merpati__V1__QueueRcpt *rp[2] = { &r1, &r2 };
+	Merpati__V1__QueueEntry e = MERPATI__V1__QUEUE_ENTRY__INIT;
+	Merpati__V1__QueueAddRequest q = MERPATI__V1__QUEUE_ADD_REQUEST__INIT;
+	char rid[64];
+	r1.address = "x@remote.test";
+	r2.address = "y@remote.test";
+	e.sender = "a@f.test";
+	e.rcpts = rp;
+	e.n_rcpts = 2;
+	snprintf(rid, sizeof(rid), "fz-%llu", n++);
+	q.shard = shard;
+	q.entry = &e;
+	static const char body[] = "Subject: q\r\n\r\nx\r\n";
+	q.body.data = (uint8_t *)body;
+	q.body.len = sizeof(body) - 1;
+	q.request_id = rid;
+	id[0] = '\0';
+	if (store_call(st, STORE_QUEUE_ADD, &q.base, add_cb, &a) < 0)
+		return;
+	pthread_mutex_lock(&a.w.mu);
+	while (!a.w.done)
+		pthread_cond_wait(&a.w.cv, &a.w.mu);
+	pthread_mutex_unlock(&a.w.mu);
+	Merpati__V1__QueueClaimRequest c = MERPATI__V1__QUEUE_CLAIM_REQUEST__INIT;
+	c.shard = shard;
+	c.owner = "fz";
+	c.lease_ms = 60000;
+	run(STORE_QUEUE_CLAIM, &c.base);
+	snprintf(id, idlen, "%s", a.id);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -115,6 +191,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		q.body.len = strlen(body);
 		run(STORE_APPEND, &q.base);
 	}
+	Merpati__V1__AliasRequest al = MERPATI__V1__ALIAS_REQUEST__INIT;
+	char *targets[] = { "a@f.test", "far@remote.test" };
+	al.alias = "list@f.test";
+	al.targets = targets;
+	al.n_targets = 2;
+	run(STORE_SET_ALIAS, &al.base);
+	char id[64];
+	for (uint32_t s = 0; s < 4; s++)
+		fresh_claimed_entry(s, id, sizeof(id));
 	return 0;
 }
 
@@ -127,7 +212,39 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	ProtobufCMessage *req = protobuf_c_message_unpack(req_desc[op], NULL, size - 1, data + 1);
 	if (req == NULL)
 		return 0;
+	/* Pointers put into the request are taken out again before it is
+	 * freed: free_unpacked frees what unpack allocated. */
+	char id[64];
+	char **id_field = NULL, **owner_field = NULL;
+	char *old_id = NULL, *old_owner = NULL;
+	bool swapped_id = false, swapped_owner = false;
+	uint32_t shard = 0;
+	if (op == STORE_QUEUE_UPDATE) {
+		Merpati__V1__QueueUpdateRequest *u = (void *)req;
+		id_field = &u->id;
+		owner_field = &u->owner;
+		shard = u->shard;
+	} else if (op == STORE_QUEUE_GET || op == STORE_QUEUE_DELETE || op == STORE_QUEUE_RETRY) {
+		Merpati__V1__QueueIdRequest *g = (void *)req;
+		id_field = &g->id;
+		shard = g->shard;
+	}
+	if (id_field != NULL && (*id_field == NULL || **id_field == '\0')) {
+		fresh_claimed_entry(shard % 4, id, sizeof(id));
+		old_id = *id_field;
+		*id_field = id;
+		swapped_id = true;
+		if (owner_field != NULL && (*owner_field == NULL || **owner_field == '\0')) {
+			old_owner = *owner_field;
+			*owner_field = "fz";
+			swapped_owner = true;
+		}
+	}
 	run(op, req);
+	if (swapped_id)
+		*id_field = old_id;
+	if (swapped_owner)
+		*owner_field = old_owner;
 	protobuf_c_message_free_unpacked(req, NULL);
 	return 0;
 }
