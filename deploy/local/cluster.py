@@ -12,10 +12,17 @@ directory:
     DIR/nodeI/pid        its PID while it runs
     DIR/nodeI/node.log   its stdout and stderr (appended across restarts)
     DIR/nodeI/data/      its data directory
+    DIR/frontendI/cmd    a protocol frontend's command line (I = 0..F-1)
+    DIR/frontendI/pid    its PID while it runs
+    DIR/frontendI/frontend.log  its stdout and stderr (appended)
+    DIR/tls/             the test CA (ca.pem) and the frontends' certificate
+                         for localhost (cert.pem, key.pem), from testca.py
     DIR/cluster.env      ports, PIDs, ... as KEY=value lines (shell-sourceable)
 
-etcd (one member, named "default") starts first and the nodes after it; the
-nodes stop first and etcd after them. The nodes get `--etcd`, `--cluster` and
+etcd (one member, named "default") starts first, the nodes after it and the
+frontends (merpati-frontend) once the nodes are ready; the frontends stop
+first, then the nodes, then etcd. A frontend is ready once its log says
+event=fe_ready and its SMTP port answers with a 220 greeting. The nodes get `--etcd`, `--cluster` and
 `--advertise` (and for fewer than 3 nodes `--rf`/`--min_isr`) only when
 `merpati-node --help` lists `--etcd`, so a node binary that does not know
 them yet still runs; such nodes count as ready once they answer `merpatictl
@@ -43,6 +50,7 @@ import sys
 import time
 
 READY_TIMEOUT = 30.0   # seconds for a node to answer `merpatictl node info`
+FE_TIMEOUT = 30.0      # seconds for a frontend to log fe_ready and greet
 ETCD_TIMEOUT = 30.0    # seconds for etcd to answer `etcdctl endpoint health`
 CLUSTER_TIMEOUT = 30.0  # seconds for nodes to register in etcd / cluster status
 STOP_TIMEOUT = 10.0    # seconds between SIGTERM and SIGKILL
@@ -50,6 +58,17 @@ CTL_TIMEOUT = 5.0      # one readiness probe
 PORT_ATTEMPTS = 3      # a free port can be taken before the node binds it
 
 CLUSTER = "default"    # the nodes' --cluster: etcd keys live under /merpati/CLUSTER/
+FE_HOSTNAME = "localhost"  # the frontends' --hostname and their certificate's name
+# A SIGTERMed frontend lets transactions in flight finish for this long
+# (unless --frontend-arg sets --shutdown_timeout): well inside STOP_TIMEOUT,
+# so that `down` never has to SIGKILL a frontend that is merely draining.
+FE_SHUTDOWN_TIMEOUT = "5s"
+# Outbound mail's MX lookups go to this resolver unless --frontend-arg sets
+# --dns_server: a loopback address, so a local deployment (and every test)
+# never sends a DNS query off the machine. Nothing listens there by default:
+# remote domains then fail temporarily and wait in the queue. Tests that
+# deliver outbound start their own dnsmasq and pass its address.
+FE_DNS_SERVER = "127.0.0.1:53"
 ETCD_NAME = "default"  # the etcd member's --name
 
 # What the sanitizers print; a node log containing one fails `down`.
@@ -177,6 +196,7 @@ class Proc:
     """A process of the deployment: its directory holds cmd, pid and a log."""
 
     log_name = "proc.log"
+    has_data = True        # start() makes DIR/data
 
     def __init__(self, base, dirname):
         self.dir = os.path.join(base, dirname)
@@ -184,6 +204,7 @@ class Proc:
         self.data = os.path.join(self.dir, "data")
         self.cmd_file = os.path.join(self.dir, "cmd")
         self.pid_file = os.path.join(self.dir, "pid")
+        self.offset_file = os.path.join(self.dir, "log.offset")
         self.argv = None
         self.pid = None
 
@@ -213,7 +234,7 @@ class Proc:
         return None  # inherit ours
 
     def start(self):
-        os.makedirs(self.data, exist_ok=True)
+        os.makedirs(self.data if self.has_data else self.dir, exist_ok=True)
         with open(self.log, "ab") as log:
             self.log_start = log.tell()
             self.proc = subprocess.Popen(
@@ -244,6 +265,38 @@ class Proc:
     def port_taken(self):
         return "in use" in self.log_tail(40).lower()
 
+    def logged_since_start(self, mark):
+        """Whether the process wrote `mark` to its log since we started it."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(getattr(self, "log_start", 0))
+                return mark.encode() in f.read()
+        except FileNotFoundError:
+            return False
+
+    def mark_log_offset(self):
+        """Where `down` starts looking for sanitizer reports."""
+        size = os.path.getsize(self.log) if os.path.exists(self.log) else 0
+        with open(self.offset_file, "w") as f:
+            f.write(f"{size}\n")
+
+    def sanitizer_report(self):
+        """Sanitizer lines written to the log since `up`, if any."""
+        try:
+            with open(self.offset_file) as f:
+                offset = int(f.read().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            offset = 0
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return None
+        hits = [ln for ln in text.splitlines()
+                if any(m in ln for m in SANITIZER_MARKS)]
+        return "\n".join(hits[:10]) if hits else None
+
 
 class Node(Proc):
     log_name = "node.log"
@@ -251,7 +304,6 @@ class Node(Proc):
     def __init__(self, base, index):
         super().__init__(base, f"node{index}")
         self.index = index
-        self.offset_file = os.path.join(self.dir, "log.offset")
 
     @property
     def name(self):
@@ -285,28 +337,45 @@ class Node(Proc):
         if "--advertise" in self.argv:
             set_flag(self.argv, "--advertise", addr)
 
-    def mark_log_offset(self):
-        """Where `down` starts looking for sanitizer reports."""
-        size = os.path.getsize(self.log) if os.path.exists(self.log) else 0
-        with open(self.offset_file, "w") as f:
-            f.write(f"{size}\n")
 
-    def sanitizer_report(self):
-        """Sanitizer lines written to the log since `up`, if any."""
-        try:
-            with open(self.offset_file) as f:
-                offset = int(f.read().strip() or 0)
-        except (FileNotFoundError, ValueError):
-            offset = 0
-        try:
-            with open(self.log, "rb") as f:
-                f.seek(offset)
-                text = f.read().decode(errors="replace")
-        except FileNotFoundError:
-            return None
-        hits = [ln for ln in text.splitlines()
-                if any(m in ln for m in SANITIZER_MARKS)]
-        return "\n".join(hits[:10]) if hits else None
+
+class Frontend(Proc):
+    """A protocol frontend (merpati-frontend): no data of its own, three
+    listeners on 127.0.0.1, one per role."""
+
+    log_name = "frontend.log"
+    has_data = False
+    # (role, the flag that sets its address), in the order of set_ports().
+    ROLES = (("smtp", "--smtp_listen"), ("submission", "--submission_listen"),
+             ("submissions", "--submissions_listen"))
+
+    def __init__(self, base, index):
+        super().__init__(base, f"frontend{index}")
+        self.index = index
+
+    @property
+    def name(self):
+        return f"frontend{self.index}"
+
+    def port(self, role):
+        flag = dict(self.ROLES)[role]
+        return int(self._flag(flag).rsplit(":", 1)[1])
+
+    @property
+    def smtp_port(self):
+        return self.port("smtp")
+
+    @property
+    def addrs(self):
+        """"smtp=127.0.0.1:P submission=... submissions=..." for people."""
+        return " ".join(f"{role}={self._flag(flag)}"
+                        for role, flag in self.ROLES)
+
+    def set_ports(self, ports):
+        """Point the three listeners at new ports (smtp, submission,
+        submissions)."""
+        for (_, flag), port in zip(self.ROLES, ports):
+            set_flag(self.argv, flag, f"127.0.0.1:{port}")
 
 
 class Etcd(Proc):
@@ -363,6 +432,27 @@ def list_nodes(base):
         if name[4:].isdigit():
             nodes.append(Node(base, int(name[4:])).load())
     return sorted(nodes, key=lambda n: n.index)
+
+
+def list_frontends(base):
+    """Every frontend directory of the deployment that has a recorded
+    command."""
+    fes = []
+    for path in glob.glob(os.path.join(base, "frontend*", "cmd")):
+        name = os.path.basename(os.path.dirname(path))
+        if name[8:].isdigit():
+            fes.append(Frontend(base, int(name[8:])).load())
+    return sorted(fes, key=lambda f: f.index)
+
+
+def deployment_frontends(base):
+    """The frontends named by cluster.env (else every frontend directory)."""
+    env = read_env(os.path.join(base, "cluster.env"))
+    fes = list_frontends(base)
+    if "FRONTEND_DIRS" in env:
+        keep = set(env["FRONTEND_DIRS"].split())
+        fes = [f for f in fes if f.dir in keep]
+    return fes
 
 
 def deployment_nodes(base):
@@ -500,7 +590,11 @@ def env_value(v):
     return f'"{v}"' if (" " in v or not v) else v
 
 
-def write_env(base, nodes, build_dir, etcd=None):
+def write_env(base, nodes, build_dir, etcd=None, frontends=None):
+    """Write DIR/cluster.env. frontends=None: those recorded on disk (the
+    PIDs of their pid files)."""
+    if frontends is None:
+        frontends = deployment_frontends(base)
     env = [
         ("NODE_ADDRS", " ".join(n.addr for n in nodes)),
         ("NODE_PIDS", " ".join(str(n.pid) for n in nodes)),
@@ -522,6 +616,24 @@ def write_env(base, nodes, build_dir, etcd=None):
             # merpatictl without --node then routes through the cluster.
             env += [("MERPATI_ETCD", nodes[0].etcd_endpoint),
                     ("MERPATI_CLUSTER", nodes[0].cluster)]
+    # The frontends' lists are there (maybe empty) in every cluster.env;
+    # the ports of the first frontend and the CA only when one exists.
+    env += [
+        ("FRONTEND_PIDS", " ".join(str(f.pid) for f in frontends)),
+        ("FRONTEND_SMTP_PORTS",
+         " ".join(str(f.port("smtp")) for f in frontends)),
+        ("FRONTEND_SUBMISSION_PORTS",
+         " ".join(str(f.port("submission")) for f in frontends)),
+        ("FRONTEND_SUBMISSIONS_PORTS",
+         " ".join(str(f.port("submissions")) for f in frontends)),
+        ("FRONTEND_LOGS", " ".join(f.log for f in frontends)),
+        ("FRONTEND_DIRS", " ".join(f.dir for f in frontends)),
+    ]
+    if frontends:
+        env += [("SMTP_PORT", str(frontends[0].port("smtp"))),
+                ("SUBMISSION_PORT", str(frontends[0].port("submission"))),
+                ("SUBMISSIONS_PORT", str(frontends[0].port("submissions"))),
+                ("TLS_CA", tls_paths(base)["ca"])]
     tmp = os.path.join(base, "cluster.env.tmp")
     with open(tmp, "w") as f:
         for k, v in env:
@@ -625,6 +737,128 @@ def wait_ready(nodes, ctl, timeout=READY_TIMEOUT):
                 f"(last: {last.get(n.index) or 'no answer'}); log tail of "
                 f"{n.log}:\n{n.log_tail()}")
         time.sleep(0.1)
+
+
+def smtp_greeting(port, timeout=2.0):
+    """(True, line) once 127.0.0.1:port greets with 220 (RFC 5321 §4.2:
+    the last line of the reply is "220 ..."), else (False, why)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port),
+                                      timeout=timeout) as s:
+            buf = b""
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and len(buf) < 4096:
+                chunk = s.recv(1024)
+                if not chunk:
+                    break
+                buf += chunk
+                lines = buf.split(b"\r\n")
+                done = [ln for ln in lines[:-1] if ln[3:4] != b"-"]
+                if done:
+                    line = done[0].decode(errors="replace")
+                    if line.startswith("220 "):
+                        try:
+                            s.sendall(b"QUIT\r\n")
+                        except OSError:
+                            pass
+                        return True, line
+                    return False, f"greeting {line!r}"
+            return False, f"no complete greeting (got {buf[:200]!r})"
+    except OSError as e:
+        return False, f"127.0.0.1:{port}: {e.strerror or e}"
+
+
+def wait_frontends(fes, timeout=FE_TIMEOUT):
+    """Wait until every frontend has logged event=fe_ready (since we
+    started it) and its SMTP port greets with 220."""
+    deadline = time.monotonic() + timeout
+    pending = list(fes)
+    last = {}
+    while pending:
+        for f in list(pending):
+            status = f.exited()
+            if status is not None:
+                raise ProcDied(f, status, f"served ({f.addrs})")
+            if not f.logged_since_start("event=fe_ready"):
+                last[f.index] = "no event=fe_ready in its log yet"
+                continue
+            ok, what = smtp_greeting(f.smtp_port)
+            if ok:
+                pending.remove(f)
+            else:
+                last[f.index] = what
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            f = pending[0]
+            raise Failure(
+                f"{f.name} ({f.addrs}, pid {f.pid}) was not ready within "
+                f"{timeout:.0f} s (last: {last.get(f.index)}); log tail of "
+                f"{f.log}:\n{f.log_tail()}")
+        time.sleep(0.1)
+
+
+def start_frontends(fes):
+    """Start frontends (argv set) and wait until they serve, moving a
+    frontend to other ports when someone took one of its ports before it
+    bound it. The caller stops them if this fails."""
+    for f in fes:
+        f.mark_log_offset()
+        f.start()
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            wait_frontends(fes)
+            return
+        except ProcDied as e:
+            if attempt == PORT_ATTEMPTS or not e.proc.port_taken():
+                raise
+            f = e.proc
+            f.set_ports(free_ports(len(Frontend.ROLES)))
+            f.save_cmd()
+            say(f"{f.name}: port taken, retrying on {f.addrs}")
+            f.start()
+
+
+def tls_paths(base):
+    """Where the deployment's test CA and certificate live."""
+    d = os.path.join(base, "tls")
+    return {"ca": os.path.join(d, "ca.pem"), "cert": os.path.join(d, "cert.pem"),
+            "key": os.path.join(d, "key.pem")}
+
+
+def make_tls(base):
+    """The test CA and a certificate for FE_HOSTNAME in DIR/tls (made by
+    testca.py, kept when still good)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        import testca
+    except ImportError as e:
+        raise Failure(f"cannot load deploy/local/testca.py: {e}") from e
+    finally:
+        sys.path.pop(0)
+    try:
+        return testca.make_test_ca(os.path.join(base, "tls"), [FE_HOSTNAME])
+    except (testca.TestCAError, OSError) as e:
+        raise Failure(f"cannot make the test CA in {base}/tls: {e}") from e
+
+
+def frontend_argv(fe_bin, etcd, cluster, ports, tls, log_level, fe_args):
+    """A frontend's command line: the deployment's etcd and cluster, its
+    three listeners, the test certificate, then the caller's flags (which
+    the frontend reads last, so they win)."""
+    argv = [fe_bin, "--etcd", etcd.endpoint, "--cluster", cluster,
+            "--hostname", FE_HOSTNAME]
+    for (_, flag), port in zip(Frontend.ROLES, ports):
+        argv += [flag, f"127.0.0.1:{port}"]
+    argv += ["--tls_cert", tls["cert"], "--tls_key", tls["key"]]
+    given = {a.split("=", 1)[0] for a in fe_args}
+    if "--shutdown_timeout" not in given:
+        argv += ["--shutdown_timeout", FE_SHUTDOWN_TIMEOUT]
+    if "--dns_server" not in given:
+        argv += ["--dns_server", FE_DNS_SERVER]
+    if log_level:
+        argv += ["--log_level", log_level]
+    return argv + list(fe_args)
 
 
 def check_alive(nodes):
@@ -777,10 +1011,19 @@ def _binaries(build):
     return node_bin, ctl
 
 
+def _frontend_binary(build):
+    fe_bin = os.path.join(build, "frontend", "merpati-frontend")
+    if not os.access(fe_bin, os.X_OK):
+        raise Failure(f"{fe_bin} is missing: build it (ninja -C {build} "
+                      "merpati-frontend), or start no frontend (--frontends 0)")
+    return fe_bin
+
+
 def _cleanup(procs):
-    """Stop what we started (a failed up): nodes first, then etcd."""
-    stop_procs([p for p in procs if not isinstance(p, Etcd) and p.running()])
-    stop_procs([p for p in procs if isinstance(p, Etcd) and p.running()])
+    """Stop what we started (a failed up): frontends first, then nodes,
+    then etcd."""
+    for kind in (Frontend, Node, Etcd):
+        stop_procs([p for p in procs if isinstance(p, kind) and p.running()])
     for p in procs:
         _unlink(p.pid_file)
 
@@ -789,6 +1032,12 @@ def _print_nodes(nodes, what=None):
     for n in nodes:
         print(f"{n.name}  {n.addr}  pid {n.pid}  "
               + (what or f"log {n.log}"))
+
+
+def _print_frontends(fes, what=None):
+    for f in fes:
+        print(f"{f.name}  {f.addrs}  pid {f.pid}  "
+              + (what or f"log {f.log}"))
 
 
 def cmd_up(a):
@@ -801,8 +1050,11 @@ def cmd_up(a):
     node_bin, ctl = _binaries(build)
     if a.nodes < 1:
         raise Failure("--nodes must be at least 1")
+    if a.frontends < 0:
+        raise Failure("--frontends must be 0 or more")
+    fe_bin = _frontend_binary(build) if a.frontends else None
     os.makedirs(base, exist_ok=True)
-    busy = [n for n in list_nodes(base) if n.running()]
+    busy = [p for p in list_frontends(base) + list_nodes(base) if p.running()]
     old_etcd = load_etcd(base)
     if old_etcd is not None and old_etcd.running():
         busy.insert(0, old_etcd)
@@ -812,6 +1064,7 @@ def cmd_up(a):
             f"; stop it first: ./dev down --dir {base}")
 
     nodes = [Node(base, i) for i in range(a.nodes)]
+    fes = [Frontend(base, i) for i in range(a.frontends)]
     etcd = Etcd(base)
     try:
         start_etcd(etcd)
@@ -826,12 +1079,25 @@ def cmd_up(a):
             n.argv += a.node_args
             n.save_cmd()
         start_nodes(nodes, ctl)
-        write_env(base, nodes, build, etcd)
+        if fes:
+            tls = make_tls(base)
+            nports = len(Frontend.ROLES)
+            ports = free_ports(nports * len(fes))
+            for f in fes:
+                os.makedirs(f.dir, exist_ok=True)
+                f.argv = frontend_argv(
+                    fe_bin, etcd, nodes[0].cluster,
+                    ports[f.index * nports:(f.index + 1) * nports], tls,
+                    a.log_level, a.frontend_args)
+                f.save_cmd()
+            start_frontends(fes)
+        write_env(base, nodes, build, etcd, fes)
     except BaseException:
-        _cleanup([p for p in nodes + [etcd] if p.pid is not None])
+        _cleanup([p for p in fes + nodes + [etcd] if p.pid is not None])
         raise
     print(f"etcd  {etcd.endpoint}  pid {etcd.pid}  log {etcd.log}")
     _print_nodes(nodes)
+    _print_frontends(fes)
     print(f"env: {os.path.join(base, 'cluster.env')}")
     return 0
 
@@ -880,6 +1146,7 @@ def cmd_add_node(a, base, build):
 def cmd_down(a):
     base = os.path.abspath(a.dir)
     nodes = list_nodes(base) if os.path.isdir(base) else []
+    fes = list_frontends(base) if os.path.isdir(base) else []
     etcd = load_etcd(base) if os.path.isdir(base) else None
 
     def running_targets(procs):
@@ -911,14 +1178,17 @@ def cmd_down(a):
                 say(f"{p.name}: stopped (pid {p.pid})")
         return rc
 
-    # The nodes first: they may still talk to etcd while they stop.
+    # The frontends first (they call the nodes while they drain), then
+    # the nodes (they may still talk to etcd while they stop).
+    fe_targets = running_targets(fes)
+    rc = stop(fe_targets)
     node_targets = running_targets(nodes)
-    rc = stop(node_targets)
+    rc |= stop(node_targets)
     etcd_targets = running_targets([etcd] if etcd is not None else [])
     rc |= stop(etcd_targets)
-    if not node_targets and not etcd_targets:
+    if not fe_targets and not node_targets and not etcd_targets:
         say(f"nothing running in {base}")
-    for n in nodes:
+    for n in fes + nodes:
         report = n.sanitizer_report()
         if report:
             say(f"{n.name}: sanitizer report in {n.log}:\n{report}")
@@ -957,7 +1227,22 @@ def cmd_restart(a):
             write_env(base, nodes, build, etcd)
         print(f"etcd  {etcd.endpoint}  pid {etcd.pid}  restarted")
         return 0
+    fes = deployment_frontends(base)
+    if a.frontend is not None:
+        fe = [f for f in fes if f.index == a.frontend]
+        if not fe:
+            raise Failure(f"no frontend{a.frontend} in {base}")
+        if fe[0].running() and stop_procs(fe):
+            say(f"{fe[0].name}: ignored SIGTERM; killed")
+        try:
+            fe[0].start()
+            wait_frontends(fe)
+        finally:
+            write_env(base, nodes, build, etcd, fes)
+        _print_frontends(fe, "restarted")
+        return 0
     etcd_dead = False
+    fe_restart = []
     if a.node is not None:
         to_restart = [n for n in nodes if n.index == a.node]
         if not to_restart:
@@ -969,8 +1254,9 @@ def cmd_restart(a):
     else:
         etcd_dead = etcd is not None and not etcd.running()
         to_restart = [n for n in nodes if not n.running()]
-        if not to_restart and not etcd_dead:
-            say("every node is running; nothing to restart")
+        fe_restart = [f for f in fes if not f.running()]
+        if not to_restart and not etcd_dead and not fe_restart:
+            say("everything is running; nothing to restart")
     try:
         if etcd_dead:
             restart_etcd(etcd)
@@ -978,28 +1264,35 @@ def cmd_restart(a):
             n.start()
         wait_ready(to_restart, ctl)
         wait_cluster(to_restart, ctl)
+        # The frontends last: they need etcd and serve through the nodes.
+        for f in fe_restart:
+            f.start()
+        wait_frontends(fe_restart)
     finally:
         # The PIDs changed whether or not they became ready.
-        write_env(base, nodes, build, etcd)
+        write_env(base, nodes, build, etcd, fes)
     if etcd_dead:
         print(f"etcd  {etcd.endpoint}  pid {etcd.pid}  restarted")
     _print_nodes(to_restart, "restarted")
+    _print_frontends(fe_restart, "restarted")
     return 0
 
 
 def cmd_status(a):
     base = os.path.abspath(a.dir)
     nodes = list_nodes(base) if os.path.isdir(base) else []
+    fes = deployment_frontends(base) if os.path.isdir(base) else []
     etcd = load_etcd(base) if os.path.isdir(base) else None
     if not nodes and etcd is None:
         say(f"no deployment in {base}")
         return 1
     down = 0
-    procs = ([etcd] if etcd is not None else []) + nodes
+    procs = ([etcd] if etcd is not None else []) + nodes + fes
     for p in procs:
         state = "running" if p.running() else "stopped"
         down += state != "running"
-        addr = p.endpoint if p is etcd else p.addr
+        addr = p.endpoint if p is etcd else \
+            p.addrs if isinstance(p, Frontend) else p.addr
         print(f"{p.name}  {addr}  {state}"
               + (f"  pid {p.pid}" if state == "running" else ""))
     return 1 if down else 0
@@ -1021,6 +1314,12 @@ def main(argv):
     up.add_argument("--add-node", action="store_true",
                     help="add one node to the running deployment in --dir")
     up.add_argument("--log-level")
+    up.add_argument("--frontends", type=int, default=1,
+                    help="protocol frontends to start (default 1; 0: none)")
+    up.add_argument("--frontend-arg", action="append", default=[],
+                    dest="frontend_args", metavar="FLAG",
+                    help="an extra merpati-frontend flag, given as "
+                         "--frontend-arg=--flag=value (repeatable)")
     up.add_argument("node_args", nargs="*",
                     help="extra merpati-node flags (after --)")
     down = sub.add_parser("down")
@@ -1031,6 +1330,8 @@ def main(argv):
     which.add_argument("--node", type=int)
     which.add_argument("--etcd", action="store_true",
                        help="restart etcd (stopping it first if it runs)")
+    which.add_argument("--frontend", type=int,
+                       help="restart frontend I (stopping it first if it runs)")
     st = sub.add_parser("status")
     st.add_argument("--dir", required=True)
     po = sub.add_parser("ports")

@@ -1,9 +1,14 @@
-"""Fixtures for the integration tests: a real etcd and real merpati-node
-processes on 127.0.0.1, started and stopped with ./dev up / ./dev down.
+"""Fixtures for the integration tests: a real etcd, real merpati-node and
+merpati-frontend processes on 127.0.0.1, started and stopped with ./dev up /
+./dev down.
 
     build_dir, source_dir   paths (MERPATI_BUILD_DIR, else <repo>/build)
-    cluster                 etcd + one storage node in <tmp_path>/c, per test
-    cluster3                etcd + three storage nodes in <tmp_path>/c3
+    cluster                 etcd + one storage node + one frontend in
+                            <tmp_path>/c, per test
+    cluster3                etcd + three storage nodes + one frontend in
+                            <tmp_path>/c3
+    cluster_fe2             etcd + three storage nodes + two frontends in
+                            <tmp_path>/cf2
     bin(name)               path of a built binary
 
 What a Cluster offers (nodes are numbered from 0: node0, node1, ...):
@@ -17,6 +22,17 @@ What a Cluster offers (nodes are numbered from 0: node0, node1, ...):
     .restart(node=None)     restart what is dead (or stop and restart node i)
     .start_node()           add a node (./dev up --add-node); returns its index
     .kill9_etcd(), .restart_etcd()
+
+and its frontends (frontend0, frontend1, ...; i defaults to 0):
+
+    .smtp_port(i), .submission_port(i), .submissions_port(i)
+    .tls_ca                 the CA file that verifies the frontends'
+                            certificate (for "localhost" and 127.0.0.1)
+    .frontend_pid(i), .frontend_log(i), .frontend_pids
+    .kill9_frontend(i), .stop_frontend(i)
+    .start_frontend(i)      start a stopped frontend from its recorded
+                            command line (same ports)
+    .restart_frontend(i)    stop it if it runs, then start it the same way
 
 A test never picks ports or PIDs itself: ./dev up chooses free ports and
 records the PIDs in cluster.env, and the fixture reads them from there.
@@ -45,6 +61,7 @@ _BINARIES = {
     "merpatictl": "tools/merpatictl",
     "mp-loadclient": "tests/integration/mp-loadclient",
     "mp-bench-append": "tools/bench/mp-bench-append",
+    "merpati-frontend": "frontend/merpati-frontend",
 }
 
 STOP_TIMEOUT = 15.0     # seconds a SIGTERMed node may take to exit
@@ -118,6 +135,17 @@ class Cluster:
         self.etcd_endpoints = self.env["ETCD_ENDPOINTS"]
         self.etcd_pid = int(self.env["ETCD_PID"])
         self.cluster_name = self.env["CLUSTER"]
+        # Absent (a deployment without frontends): empty lists.
+        self.frontend_pids = [int(p) for p in
+                              self.env.get("FRONTEND_PIDS", "").split()]
+        self.frontend_dirs = [Path(d) for d in
+                              self.env.get("FRONTEND_DIRS", "").split()]
+        self._fe_ports = {
+            role: [int(p) for p in self.env.get(key, "").split()]
+            for role, key in (("smtp", "FRONTEND_SMTP_PORTS"),
+                              ("submission", "FRONTEND_SUBMISSION_PORTS"),
+                              ("submissions", "FRONTEND_SUBMISSIONS_PORTS"))}
+        self.tls_ca = self.env.get("TLS_CA")
 
     # ------------------------------------------------------------ clients
 
@@ -209,6 +237,52 @@ class Cluster:
         self.reload()
         return len(self.addrs) - 1
 
+    # ---------------------------------------------------------- frontends
+
+    def smtp_port(self, i=0):
+        return self._fe_ports["smtp"][i]
+
+    def submission_port(self, i=0):
+        return self._fe_ports["submission"][i]
+
+    def submissions_port(self, i=0):
+        return self._fe_ports["submissions"][i]
+
+    def frontend_pid(self, i=0):
+        return self.frontend_pids[i]
+
+    def frontend_log(self, i=0):
+        return (self.frontend_dirs[i] / "frontend.log").read_text(
+            errors="replace")
+
+    def _signal_frontend(self, i, sig):
+        self._ours(self.frontend_pids[i], self.frontend_dirs[i])
+        os.kill(self.frontend_pids[i], sig)
+
+    def kill9_frontend(self, i=0):
+        """SIGKILL frontend i and wait until its process is gone."""
+        self._signal_frontend(i, signal.SIGKILL)
+        _wait_gone(self.frontend_pids[i], 10, "SIGKILL")
+
+    def stop_frontend(self, i=0):
+        """SIGTERM frontend i and wait until it has exited."""
+        self._signal_frontend(i, signal.SIGTERM)
+        _wait_gone(self.frontend_pids[i], STOP_TIMEOUT,
+                   f"SIGTERM for {STOP_TIMEOUT} s")
+
+    def start_frontend(self, i=0):
+        """Start stopped frontend i again from its recorded command line
+        (same ports); returns once it logged fe_ready and greets."""
+        assert _gone(self.frontend_pids[i]), \
+            f"frontend{i} (pid {self.frontend_pids[i]}) still runs"
+        self.restart_frontend(i)
+
+    def restart_frontend(self, i=0):
+        """Stop frontend i if it runs (SIGTERM, SIGKILL after 10 s), then
+        start it from its recorded command line, as start_frontend."""
+        dev("restart", "--dir", str(self.dir), "--frontend", str(i))
+        self.reload()
+
     # --------------------------------------------------------------- etcd
 
     def kill9_etcd(self):
@@ -224,8 +298,9 @@ class Cluster:
         self.reload()
 
 
-def _deployment(path, nodes):
-    dev("up", "--dir", str(path), "--nodes", str(nodes))
+def _deployment(path, nodes, frontends=1):
+    dev("up", "--dir", str(path), "--nodes", str(nodes),
+        "--frontends", str(frontends))
     try:
         yield Cluster(path)
     finally:
@@ -246,13 +321,19 @@ def source_dir():
 
 @pytest.fixture
 def cluster(tmp_path):
-    """etcd and one storage node, started for this test and stopped after
-    it. The teardown fails the test if a process did not stop on SIGTERM or
-    a node left a sanitizer report in its log."""
+    """etcd, one storage node and one frontend, started for this test and
+    stopped after it. The teardown fails the test if a process did not stop
+    on SIGTERM or a node or frontend left a sanitizer report in its log."""
     yield from _deployment(tmp_path / "c", 1)
 
 
 @pytest.fixture
 def cluster3(tmp_path):
-    """etcd and three storage nodes, as `cluster`."""
+    """etcd, three storage nodes and one frontend, as `cluster`."""
     yield from _deployment(tmp_path / "c3", 3)
+
+
+@pytest.fixture
+def cluster_fe2(tmp_path):
+    """etcd, three storage nodes and two frontends, as `cluster`."""
+    yield from _deployment(tmp_path / "cf2", 3, frontends=2)

@@ -194,7 +194,7 @@ def test_cluster3(cluster3):
 
 def test_down_leaves_nothing(tmp_path):
     path = tmp_path / "d"
-    dev("up", "--dir", str(path), "--nodes", "2")
+    dev("up", "--dir", str(path), "--nodes", "2", "--frontends", "0")
     c = Cluster(path)
     c.start_node()
     c.sigstop(2)
