@@ -259,4 +259,18 @@ int ctl_cmd_node_drain(struct ctl *c, char **args, int nargs);
 int ctl_cmd_node_undrain(struct ctl *c, char **args, int nargs);
 int ctl_cmd_node_remove(struct ctl *c, char **args, int nargs);
 
+/* Pages of a paged List call kept together, with borrowed pointers to
+ * their items for sorting across pages and nodes (user list, alias list). */
+struct ctl_pages {
+	ProtobufCMessage **pages;  /* owned */
+	size_t n_pages, cap_pages;
+	const void **v;            /* borrowed from pages */
+	size_t n, cap;
+};
+/* Keeps page (takes it on success) and points at its n items (NULL items
+ * are skipped). 0 or MP_ENOMEM (page is still the caller's). */
+int ctl_pages_add(struct ctl_pages *l, ProtobufCMessage *page, void *const *items,
+		  size_t n);
+void ctl_pages_free(struct ctl_pages *l);
+
 #endif

@@ -475,59 +475,6 @@ static int ctl_map_nodes(struct ctl *c, struct ctl_node_addr **v_r,
 
 /* ------------------------------------------------------------ user list */
 
-struct ctl_acct_list {
-	Merpati__V1__ListAccountsReply **pages;  /* owned */
-	size_t n_pages, cap_pages;
-	const Merpati__V1__Account **v;          /* borrowed from pages */
-	size_t n, cap;
-};
-
-static void ctl_acct_list_free(struct ctl_acct_list *l)
-{
-	size_t i;
-
-	for (i = 0; i < l->n_pages; i++)
-		protobuf_c_message_free_unpacked(&l->pages[i]->base, NULL);
-	free(l->pages);
-	free(l->v);
-	memset(l, 0, sizeof *l);
-}
-
-/* Keeps a page (takes it) and points at its accounts. */
-static int ctl_acct_list_add(struct ctl_acct_list *l,
-			     Merpati__V1__ListAccountsReply *page)
-{
-	size_t i;
-
-	if (l->n_pages == l->cap_pages) {
-		size_t cap = l->cap_pages == 0 ? 16 : l->cap_pages * 2;
-		void *p = realloc(l->pages, cap * sizeof *l->pages);
-
-		if (p == NULL)
-			return MP_ENOMEM;
-		l->pages = p;
-		l->cap_pages = cap;
-	}
-	if (l->n + page->n_accounts > l->cap) {
-		size_t cap = l->cap == 0 ? 256 : l->cap;
-		void *p;
-
-		while (cap < l->n + page->n_accounts)
-			cap *= 2;
-		p = realloc(l->v, cap * sizeof *l->v);
-		if (p == NULL)
-			return MP_ENOMEM;
-		l->v = p;
-		l->cap = cap;
-	}
-	l->pages[l->n_pages++] = page;
-	for (i = 0; i < page->n_accounts; i++) {
-		if (page->accounts[i] != NULL && page->accounts[i]->user != NULL)
-			l->v[l->n++] = page->accounts[i];
-	}
-	return 0;
-}
-
 static int ctl_acct_cmp(const void *x, const void *y)
 {
 	const Merpati__V1__Account *a = *(const Merpati__V1__Account *const *)x;
@@ -539,7 +486,7 @@ static int ctl_acct_cmp(const void *x, const void *y)
 /* Every page of one node's ListAccounts. Exit status. */
 static int ctl_list_node(struct ctl *c, const struct ctl_node_addr *node,
 			 const char *path, const char *domain,
-			 struct ctl_acct_list *l)
+			 struct ctl_pages *l)
 {
 	Merpati__V1__ListAccountsRequest req =
 		MERPATI__V1__LIST_ACCOUNTS_REQUEST__INIT;
@@ -583,7 +530,8 @@ static int ctl_list_node(struct ctl *c, const struct ctl_node_addr *node,
 		}
 		if (more)
 			snprintf(after, sizeof after, "%s", last);
-		err = ctl_acct_list_add(l, resp);
+		err = ctl_pages_add(l, &resp->base, (void *const *)resp->accounts,
+				    resp->n_accounts);
 		if (err != 0) {
 			protobuf_c_message_free_unpacked(&resp->base, NULL);
 			ctl_err(c, "out of memory");
@@ -598,7 +546,7 @@ static int ctl_list_node(struct ctl *c, const struct ctl_node_addr *node,
 
 int ctl_user_list_cluster(struct ctl *c, const char *domain)
 {
-	struct ctl_acct_list l;
+	struct ctl_pages l;
 	struct ctl_node_addr *nodes = NULL;
 	char path[128], quota[32];
 	size_t n_nodes = 0, i;
@@ -632,17 +580,18 @@ int ctl_user_list_cluster(struct ctl *c, const char *domain)
 	}
 	free(nodes);
 	if (ret != CTL_EXIT_OK) {
-		ctl_acct_list_free(&l);
+		ctl_pages_free(&l);
 		return ret;
 	}
 	if (l.n > 0) /* l.v is NULL then: qsort's argument must not be */
 		qsort(l.v, l.n, sizeof *l.v, ctl_acct_cmp);
 	for (i = 0; i < l.n; i++) {
 		const Merpati__V1__Account *a = l.v[i];
+		const Merpati__V1__Account *prev = i > 0 ? l.v[i - 1] : NULL;
 
 		/* A shard changing leader while we asked may be listed by its
 		 * old and its new leader. */
-		if (i > 0 && strcmp(a->user, l.v[i - 1]->user) == 0)
+		if (prev != NULL && strcmp(a->user, prev->user) == 0)
 			continue;
 		printf("%s state=%s quota=%s used=%llu messages=%llu shard=%u\n",
 		       a->user, ctl_state_name(a->state),
@@ -650,7 +599,7 @@ int ctl_user_list_cluster(struct ctl *c, const char *domain)
 		       (unsigned long long)a->used_bytes,
 		       (unsigned long long)a->messages, a->shard);
 	}
-	ctl_acct_list_free(&l);
+	ctl_pages_free(&l);
 	return CTL_EXIT_OK;
 }
 

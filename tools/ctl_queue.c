@@ -203,59 +203,6 @@ int ctl_cmd_alias_show(struct ctl *c, char **args, int nargs)
 	return CTL_EXIT_OK;
 }
 
-struct ctl_alias_list {
-	Merpati__V1__ListAliasesReply **pages;  /* owned */
-	size_t n_pages, cap_pages;
-	const Merpati__V1__AliasReply **v;      /* borrowed from pages */
-	size_t n, cap;
-};
-
-static void ctl_alias_list_free(struct ctl_alias_list *l)
-{
-	size_t i;
-
-	for (i = 0; i < l->n_pages; i++)
-		protobuf_c_message_free_unpacked(&l->pages[i]->base, NULL);
-	free(l->pages);
-	free(l->v);
-	memset(l, 0, sizeof *l);
-}
-
-/* Keeps a page (takes it on success) and points at its aliases. */
-static int ctl_alias_list_add(struct ctl_alias_list *l,
-			      Merpati__V1__ListAliasesReply *page)
-{
-	size_t i;
-
-	if (l->n_pages == l->cap_pages) {
-		size_t cap = l->cap_pages == 0 ? 16 : l->cap_pages * 2;
-		void *p = realloc(l->pages, cap * sizeof *l->pages);
-
-		if (p == NULL)
-			return MP_ENOMEM;
-		l->pages = p;
-		l->cap_pages = cap;
-	}
-	if (l->n + page->n_aliases > l->cap) {
-		size_t cap = l->cap == 0 ? 256 : l->cap;
-		void *p;
-
-		while (cap < l->n + page->n_aliases)
-			cap *= 2;
-		p = realloc(l->v, cap * sizeof *l->v);
-		if (p == NULL)
-			return MP_ENOMEM;
-		l->v = p;
-		l->cap = cap;
-	}
-	l->pages[l->n_pages++] = page;
-	for (i = 0; i < page->n_aliases; i++) {
-		if (page->aliases[i] != NULL && page->aliases[i]->alias != NULL)
-			l->v[l->n++] = page->aliases[i];
-	}
-	return 0;
-}
-
 static int ctl_alias_cmp(const void *x, const void *y)
 {
 	const Merpati__V1__AliasReply *a =
@@ -268,7 +215,7 @@ static int ctl_alias_cmp(const void *x, const void *y)
 
 /* Every page of one shard's aliases. Exit status. */
 static int ctl_alias_list_shard(struct ctl *c, uint32_t shard,
-				const char *domain, struct ctl_alias_list *l)
+				const char *domain, struct ctl_pages *l)
 {
 	Merpati__V1__ListAliasesRequest req =
 		MERPATI__V1__LIST_ALIASES_REQUEST__INIT;
@@ -303,7 +250,8 @@ static int ctl_alias_list_shard(struct ctl *c, uint32_t shard,
 		}
 		if (more)
 			snprintf(after, sizeof after, "%s", last);
-		if (ctl_alias_list_add(l, resp) != 0) {
+		if (ctl_pages_add(l, &resp->base, (void *const *)resp->aliases,
+				  resp->n_aliases) != 0) {
 			protobuf_c_message_free_unpacked(&resp->base, NULL);
 			ctl_err(c, "out of memory");
 			return CTL_EXIT_ERROR;
@@ -317,7 +265,7 @@ static int ctl_alias_list_shard(struct ctl *c, uint32_t shard,
 
 int ctl_cmd_alias_list(struct ctl *c, char **args, int nargs)
 {
-	struct ctl_alias_list l;
+	struct ctl_pages l;
 	const char *domain = "", *error;
 	uint32_t shard, first, end;
 	size_t i;
@@ -337,21 +285,24 @@ int ctl_cmd_alias_list(struct ctl *c, char **args, int nargs)
 	for (shard = first; shard < end && ret == CTL_EXIT_OK; shard++)
 		ret = ctl_alias_list_shard(c, shard, domain, &l);
 	if (ret != CTL_EXIT_OK) {
-		ctl_alias_list_free(&l);
+		ctl_pages_free(&l);
 		return ret;
 	}
 	if (l.n > 0)
 		qsort(l.v, l.n, sizeof *l.v, ctl_alias_cmp);
 	for (i = 0; i < l.n; i++) {
+		const Merpati__V1__AliasReply *a = l.v[i];
+		const Merpati__V1__AliasReply *prev = i > 0 ? l.v[i - 1] : NULL;
+
 		/* A shard that changed leader while we asked may be
 		 * listed twice. */
-		if (i > 0 && strcmp(l.v[i]->alias, l.v[i - 1]->alias) == 0)
+		if (prev != NULL && strcmp(a->alias, prev->alias) == 0)
 			continue;
-		printf("%s targets=", l.v[i]->alias);
-		ctl_print_targets(l.v[i]->targets, l.v[i]->n_targets);
-		printf(" shard=%u\n", l.v[i]->shard);
+		printf("%s targets=", a->alias);
+		ctl_print_targets(a->targets, a->n_targets);
+		printf(" shard=%u\n", a->shard);
 	}
-	ctl_alias_list_free(&l);
+	ctl_pages_free(&l);
 	return CTL_EXIT_OK;
 }
 

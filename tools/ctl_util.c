@@ -693,3 +693,48 @@ const char *ctl_fmt_flags(char **flags, size_t n, char *out, size_t outlen)
 		snprintf(out + o, outlen - o, ")");
 	return out;
 }
+
+int ctl_pages_add(struct ctl_pages *l, ProtobufCMessage *page, void *const *items,
+		  size_t n)
+{
+	size_t i;
+
+	if (l->n_pages == l->cap_pages) {
+		size_t cap = l->cap_pages == 0 ? 16 : l->cap_pages * 2;
+		void *p = realloc(l->pages, cap * sizeof *l->pages);
+
+		if (p == NULL)
+			return MP_ENOMEM;
+		l->pages = p;
+		l->cap_pages = cap;
+	}
+	if (l->n + n > l->cap) {
+		size_t cap = l->cap == 0 ? 256 : l->cap;
+		void *p;
+
+		while (cap < l->n + n)
+			cap *= 2;
+		p = realloc(l->v, cap * sizeof *l->v);
+		if (p == NULL)
+			return MP_ENOMEM;
+		l->v = p;
+		l->cap = cap;
+	}
+	l->pages[l->n_pages++] = page;
+	for (i = 0; i < n; i++) {
+		if (items[i] != NULL)
+			l->v[l->n++] = items[i];
+	}
+	return 0;
+}
+
+void ctl_pages_free(struct ctl_pages *l)
+{
+	size_t i;
+
+	for (i = 0; i < l->n_pages; i++)
+		protobuf_c_message_free_unpacked(l->pages[i], NULL);
+	free(l->pages);
+	free(l->v);
+	memset(l, 0, sizeof *l);
+}
