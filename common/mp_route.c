@@ -702,6 +702,22 @@ static int route_call(struct mp_route *r, uint32_t shard, const char *path,
 	return err;
 }
 
+int mp_route_leader_channel(struct mp_route *r, uint32_t shard,
+			    struct mp_rpc_channel **ch_r)
+{
+	char addr[MP_ADDR_MAX + 1];
+	uint32_t nshards = map_nshards(r);
+	int ret;
+
+	*ch_r = NULL;
+	if (nshards != 0 && shard >= nshards)
+		return MP_EINVAL;
+	ret = mp_shardmap_leader(&r->map, shard, NULL, addr, NULL);
+	if (ret < 0)
+		return ret;
+	return route_channel(r, addr, ch_r);
+}
+
 int mp_route_call_node(struct mp_route *r, const char *addr, const char *path,
 		       const ProtobufCMessage *req,
 		       const ProtobufCMessageDescriptor *resp_desc,

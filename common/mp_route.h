@@ -29,6 +29,7 @@
 struct mp_etcd;
 struct mp_shardmap;
 struct mp_route;
+struct mp_rpc_channel;
 
 #define MP_ROUTE_DEFAULT_TIMEOUT_MS 10000
 #define MP_ROUTE_ATTEMPT_TIMEOUT_MS 5000
@@ -80,6 +81,17 @@ int mp_route_call_node(struct mp_route *r, const char *addr, const char *path,
 		       const ProtobufCMessageDescriptor *resp_desc,
 		       int64_t timeout_ms, ProtobufCMessage **resp_r,
 		       char **error_r);
+
+/* The cached channel to the leader of shard as the map names it now, for
+ * callers that run their own asynchronous calls or streams there (the
+ * frontend's watches). Reads only the map: no etcd read, no network, never
+ * blocks on either, so a caller must follow leader changes itself (e.g.
+ * re-check when mp_route_map's revision moves). 0 with *ch_r (borrowed:
+ * lives until mp_route_close); MP_ENOENT when the map names no leader with
+ * a live node record; MP_EINVAL for a shard beyond the shard count;
+ * MP_ENOMEM. */
+int mp_route_leader_channel(struct mp_route *r, uint32_t shard,
+			    struct mp_rpc_channel **ch_r);
 
 /* Re-read everything from etcd now (drops nodes and shards that are gone).
  * The watch does this itself after a compaction; merpatictl and tests may

@@ -10,8 +10,8 @@
  * from any thread (each call has a mutex for that).
  *
  * Client: channels, a blocking unary call on a private queue, asynchronous
- * unary calls on a queue drained by one completion thread, and a blocking
- * server-streaming reader on a private queue.
+ * unary calls and server streams on a queue drained by one completion
+ * thread, and a blocking server-streaming reader on a private queue.
  *
  * Must never: block a server thread on anything but its completion queue;
  * let a grpc_call, a request slot or a queued batch outlive the server that
@@ -71,6 +71,9 @@ enum rpc_tag_kind {
 	TAG_STREAM_OPEN, /* client stream: request sent, headers received */
 	TAG_STREAM_RECV, /* client stream: RECV_MESSAGE */
 	TAG_STREAM_STATUS, /* client stream: RECV_STATUS_ON_CLIENT */
+	TAG_ASYNC_UNARY,  /* mp_rpc_cq: an asynchronous unary call is done */
+	TAG_ASTREAM_MAIN, /* mp_rpc_cq stream: request sent, status received */
+	TAG_ASTREAM_RECV, /* mp_rpc_cq stream: RECV_MESSAGE */
 };
 
 struct rpc_tag {
@@ -1579,6 +1582,7 @@ int mp_rpc_call(struct mp_rpc_channel *ch, const char *path,
 }
 
 struct async_call {
+	struct rpc_tag tag;             /* TAG_ASYNC_UNARY */
 	struct async_call *prev, *next; /* in the cq's in-flight list */
 	struct client_unary u;
 	mp_rpc_done_cb cb;
@@ -1590,9 +1594,42 @@ struct mp_rpc_cq {
 	pthread_t thread;
 	pthread_mutex_t mu;
 	struct async_call *inflight; /* owned list, under mu */
+	struct mp_rpc_astream *streams; /* live streams (not yet ended), under
+					 * mu; each holds a reference on itself */
 	bool stopping;               /* under mu */
 	bool self_free;              /* stopped from a callback: the thread
 				      * frees everything on its way out */
+};
+
+/* An asynchronous server stream: one batch that sends the request and
+ * ends with the status (main), and one RECV_MESSAGE at a time (recv),
+ * re-posted after each message. on_end runs once neither is in flight, so
+ * it always comes after the last on_msg. */
+struct mp_rpc_astream {
+	struct rpc_tag main_tag;     /* TAG_ASTREAM_MAIN */
+	struct rpc_tag recv_tag;     /* TAG_ASTREAM_RECV */
+	struct mp_rpc_astream *prev, *next; /* in cq->streams, under cq->mu */
+	const ProtobufCMessageDescriptor *resp_desc; /* borrowed */
+	mp_rpc_msg_cb on_msg;
+	mp_rpc_end_cb on_end;
+	void *arg;
+	grpc_byte_buffer *send_bb;   /* owned */
+	grpc_byte_buffer *recv_bb;   /* owned once RECV_MESSAGE completes */
+	grpc_metadata_array init_md, trail_md;
+	grpc_status_code status;
+	grpc_slice details;          /* owned */
+	/* Under cq->mu: open sets them while the completion thread may
+	 * already see the main batch complete. */
+	bool main_busy, recv_busy;
+	/* Completion thread only (and open, under cq->mu). */
+	int local_err;               /* ours, over the status: MP_EPROTO... */
+	const char *local_msg;       /* static */
+
+	pthread_mutex_t mu;
+	grpc_call *gcall;            /* owned until on_end; under mu */
+	int refs;                    /* caller's handle + the queue's; mu */
+	bool cancelled;              /* under mu */
+	bool ended;                  /* on_end is running or has run; mu */
 };
 
 static void cq_free(struct mp_rpc_cq *cq)
@@ -1601,6 +1638,9 @@ static void cq_free(struct mp_rpc_cq *cq)
 	pthread_mutex_destroy(&cq->mu);
 	free(cq);
 }
+
+static void astream_on_event(struct mp_rpc_cq *cq, struct rpc_tag *tag,
+			     int ok);
 
 static void *cq_thread_main(void *arg)
 {
@@ -1618,7 +1658,13 @@ static void *cq_thread_main(void *arg)
 			break;
 		if (ev.type != GRPC_OP_COMPLETE)
 			continue;
-		ac = ev.tag;
+		struct rpc_tag *tag = ev.tag;
+		if (tag->kind == TAG_ASTREAM_MAIN ||
+		    tag->kind == TAG_ASTREAM_RECV) {
+			astream_on_event(cq, tag, ev.success);
+			continue;
+		}
+		ac = CONTAINER_OF(tag, struct async_call, tag);
 		pthread_mutex_lock(&cq->mu);
 		if (ac->prev != NULL)
 			ac->prev->next = ac->next;
@@ -1679,6 +1725,10 @@ void mp_rpc_cq_stop(struct mp_rpc_cq **cqp)
 	cq->self_free = pthread_equal(pthread_self(), cq->thread);
 	for (struct async_call *ac = cq->inflight; ac != NULL; ac = ac->next)
 		grpc_call_cancel(ac->u.gcall, NULL);
+	/* A stream starts no batch once stopping is set (it checks under
+	 * mu), so the batches cancelled here are its last ones. */
+	for (struct mp_rpc_astream *st = cq->streams; st != NULL; st = st->next)
+		grpc_call_cancel(st->gcall, NULL);
 	/* Under mu so no mp_rpc_call_async can start a batch on the dead
 	 * queue; the queue reports shutdown only after every cancelled
 	 * batch has completed, i.e. after every callback ran. */
@@ -1705,6 +1755,7 @@ int mp_rpc_call_async(struct mp_rpc_channel *ch, struct mp_rpc_cq *cq,
 	ac = calloc(1, sizeof(*ac));
 	if (ac == NULL)
 		return MP_ENOMEM;
+	ac->tag.kind = TAG_ASYNC_UNARY;
 	ac->cb = cb;
 	ac->arg = arg;
 	pthread_mutex_lock(&cq->mu);
@@ -1714,7 +1765,7 @@ int mp_rpc_call_async(struct mp_rpc_channel *ch, struct mp_rpc_cq *cq,
 		return MP_ECANCELED;
 	}
 	ret = cu_start(&ac->u, ch, cq->cq, path, req, resp_desc, timeout_ms,
-		       ac);
+		       &ac->tag);
 	if (ret < 0) {
 		pthread_mutex_unlock(&cq->mu);
 		free(ac);
@@ -1727,6 +1778,282 @@ int mp_rpc_call_async(struct mp_rpc_channel *ch, struct mp_rpc_cq *cq,
 	cq->inflight = ac;
 	pthread_mutex_unlock(&cq->mu);
 	return 0;
+}
+
+static void astream_free(struct mp_rpc_astream *st)
+{
+	if (st->gcall != NULL)
+		grpc_call_unref(st->gcall);
+	if (st->send_bb != NULL)
+		grpc_byte_buffer_destroy(st->send_bb);
+	if (st->recv_bb != NULL)
+		grpc_byte_buffer_destroy(st->recv_bb);
+	grpc_metadata_array_destroy(&st->init_md);
+	grpc_metadata_array_destroy(&st->trail_md);
+	grpc_slice_unref(st->details);
+	pthread_mutex_destroy(&st->mu);
+	free(st);
+}
+
+static void astream_unref(struct mp_rpc_astream *st)
+{
+	bool last;
+
+	pthread_mutex_lock(&st->mu);
+	last = --st->refs == 0;
+	pthread_mutex_unlock(&st->mu);
+	if (last)
+		astream_free(st);
+}
+
+/* Called with cq->mu held, so a stopping queue never gets a new batch. */
+static int astream_post_recv_locked(struct mp_rpc_cq *cq,
+				    struct mp_rpc_astream *st)
+{
+	grpc_call_error rc;
+	grpc_op op;
+	bool cancelled;
+
+	pthread_mutex_lock(&st->mu);
+	cancelled = st->cancelled;
+	pthread_mutex_unlock(&st->mu);
+	if (cq->stopping || cancelled)
+		return MP_ECANCELED;
+	memset(&op, 0, sizeof(op));
+	op.op = GRPC_OP_RECV_MESSAGE;
+	op.data.recv_message.recv_message = &st->recv_bb;
+	st->recv_busy = true;
+	rc = grpc_call_start_batch(st->gcall, &op, 1, &st->recv_tag, NULL);
+	if (rc != GRPC_CALL_OK) {
+		st->recv_busy = false;
+		mp_log_error("rpc_stream_recv_failed", "error=%s",
+			     grpc_call_error_to_string(rc));
+		return MP_EIO;
+	}
+	return 0;
+}
+
+/* Our own reason to end the stream: the main batch then completes with
+ * CANCELLED, and on_end reports err rather than that. */
+static void astream_fail(struct mp_rpc_astream *st, int err, const char *msg)
+{
+	if (st->local_err == 0) {
+		st->local_err = err;
+		st->local_msg = msg;
+	}
+	pthread_mutex_lock(&st->mu);
+	grpc_call_cancel(st->gcall, NULL);
+	pthread_mutex_unlock(&st->mu);
+}
+
+static void astream_on_recv(struct mp_rpc_cq *cq, struct mp_rpc_astream *st,
+			    int ok)
+{
+	grpc_byte_buffer *bb = st->recv_bb;
+	ProtobufCMessage *msg = NULL;
+	bool cancelled;
+	int ret;
+
+	st->recv_bb = NULL;
+	if (!ok || bb == NULL) {
+		/* End of the messages: the status (main) says why. */
+		if (bb != NULL)
+			grpc_byte_buffer_destroy(bb);
+		return;
+	}
+	ret = rpc_unpack_bb(bb, st->resp_desc, &msg);
+	grpc_byte_buffer_destroy(bb);
+	if (ret < 0) {
+		astream_fail(st, MP_EPROTO, "malformed message");
+		return;
+	}
+	pthread_mutex_lock(&st->mu);
+	cancelled = st->cancelled;
+	pthread_mutex_unlock(&st->mu);
+	if (cancelled)
+		protobuf_c_message_free_unpacked(msg, NULL);
+	else
+		st->on_msg(msg, st->arg);
+	pthread_mutex_lock(&cq->mu);
+	ret = astream_post_recv_locked(cq, st);
+	pthread_mutex_unlock(&cq->mu);
+	if (ret == MP_EIO)
+		astream_fail(st, MP_EIO, "cannot read the stream");
+}
+
+static void astream_on_event(struct mp_rpc_cq *cq, struct rpc_tag *tag,
+			     int ok)
+{
+	struct mp_rpc_astream *st;
+	grpc_call *gcall;
+	char *text = NULL;
+	bool over;
+	int err;
+
+	if (tag->kind == TAG_ASTREAM_MAIN) {
+		st = CONTAINER_OF(tag, struct mp_rpc_astream, main_tag);
+		pthread_mutex_lock(&cq->mu);
+		st->main_busy = false;
+		pthread_mutex_unlock(&cq->mu);
+	} else {
+		st = CONTAINER_OF(tag, struct mp_rpc_astream, recv_tag);
+		pthread_mutex_lock(&cq->mu);
+		st->recv_busy = false;
+		pthread_mutex_unlock(&cq->mu);
+		astream_on_recv(cq, st, ok);
+	}
+	pthread_mutex_lock(&cq->mu);
+	over = !st->main_busy && !st->recv_busy;
+	if (over) {
+		if (st->prev != NULL)
+			st->prev->next = st->next;
+		else
+			cq->streams = st->next;
+		if (st->next != NULL)
+			st->next->prev = st->prev;
+	}
+	pthread_mutex_unlock(&cq->mu);
+	if (!over)
+		return;
+
+	/* Nothing in flight and nothing will be: the stream is over. */
+	if (st->local_err != 0) {
+		err = st->local_err;
+		text = st->local_msg != NULL ? strdup(st->local_msg) : NULL;
+	} else if (st->status == GRPC_STATUS_OK) {
+		err = 0;
+	} else {
+		err = rpc_status_err(st->status, st->details, &text);
+	}
+	pthread_mutex_lock(&st->mu);
+	st->ended = true;
+	gcall = st->gcall;
+	st->gcall = NULL;
+	pthread_mutex_unlock(&st->mu);
+	/* Before on_end: the caller may stop and free the queue from there
+	 * or right after, and the call must not outlive it. */
+	grpc_call_unref(gcall);
+	st->on_end(err, text, st->arg);
+	free(text);
+	astream_unref(st);
+}
+
+int mp_rpc_astream_open(struct mp_rpc_channel *ch, struct mp_rpc_cq *cq,
+			const char *path, const ProtobufCMessage *req,
+			const ProtobufCMessageDescriptor *resp_desc,
+			int64_t timeout_ms, mp_rpc_msg_cb on_msg,
+			mp_rpc_end_cb on_end, void *arg,
+			struct mp_rpc_astream **st_r)
+{
+	struct mp_rpc_astream *st;
+	grpc_op ops[5];
+	grpc_call_error rc;
+	gpr_timespec deadline;
+	int ret;
+
+	if (st_r != NULL)
+		*st_r = NULL;
+	if (ch == NULL || cq == NULL || path == NULL || req == NULL ||
+	    resp_desc == NULL || on_msg == NULL || on_end == NULL ||
+	    st_r == NULL)
+		return MP_EINVAL;
+	st = calloc(1, sizeof(*st));
+	if (st == NULL)
+		return MP_ENOMEM;
+	st->main_tag.kind = TAG_ASTREAM_MAIN;
+	st->recv_tag.kind = TAG_ASTREAM_RECV;
+	st->resp_desc = resp_desc;
+	st->on_msg = on_msg;
+	st->on_end = on_end;
+	st->arg = arg;
+	st->status = GRPC_STATUS_UNKNOWN;
+	st->details = grpc_empty_slice();
+	grpc_metadata_array_init(&st->init_md);
+	grpc_metadata_array_init(&st->trail_md);
+	pthread_mutex_init(&st->mu, NULL);
+	ret = rpc_pack_bb(req, &st->send_bb);
+	if (ret < 0) {
+		astream_free(st);
+		return ret;
+	}
+	deadline = timeout_ms > 0 ? rpc_deadline_ms(timeout_ms)
+				  : gpr_inf_future(GPR_CLOCK_MONOTONIC);
+
+	pthread_mutex_lock(&cq->mu);
+	if (cq->stopping) {
+		pthread_mutex_unlock(&cq->mu);
+		astream_free(st);
+		return MP_ECANCELED;
+	}
+	st->gcall = grpc_channel_create_call(ch->channel, NULL,
+					     GRPC_PROPAGATE_DEFAULTS, cq->cq,
+					     grpc_slice_from_static_string(path),
+					     NULL, deadline, NULL);
+	if (st->gcall == NULL) {
+		pthread_mutex_unlock(&cq->mu);
+		astream_free(st);
+		return MP_ENOMEM;
+	}
+	memset(ops, 0, sizeof(ops));
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	ops[0].flags = RPC_CLIENT_MD_FLAGS;
+	ops[1].op = GRPC_OP_SEND_MESSAGE;
+	ops[1].data.send_message.send_message = st->send_bb;
+	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+	ops[3].data.recv_initial_metadata.recv_initial_metadata = &st->init_md;
+	ops[4].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	ops[4].data.recv_status_on_client.trailing_metadata = &st->trail_md;
+	ops[4].data.recv_status_on_client.status = &st->status;
+	ops[4].data.recv_status_on_client.status_details = &st->details;
+	/* Busy before the start: the completion may come at once. */
+	st->main_busy = true;
+	rc = grpc_call_start_batch(st->gcall, ops, 5, &st->main_tag, NULL);
+	if (rc != GRPC_CALL_OK) {
+		pthread_mutex_unlock(&cq->mu);
+		mp_log_error("rpc_stream_start_failed", "path=%s error=%s",
+			     path, grpc_call_error_to_string(rc));
+		astream_free(st);
+		return MP_EIO;
+	}
+	/* From here on on_end will run: the queue's reference, and ours. */
+	st->refs = 2;
+	if (astream_post_recv_locked(cq, st) < 0) {
+		/* Ends through the main batch; on_end reports this. */
+		st->local_err = MP_EIO;
+		st->local_msg = "cannot read the stream";
+		grpc_call_cancel(st->gcall, NULL);
+	}
+	/* Linked before unlocking: the completion thread unlinks under mu. */
+	st->next = cq->streams;
+	if (st->next != NULL)
+		st->next->prev = st;
+	cq->streams = st;
+	pthread_mutex_unlock(&cq->mu);
+	*st_r = st;
+	return 0;
+}
+
+void mp_rpc_astream_cancel(struct mp_rpc_astream *st)
+{
+	if (st == NULL)
+		return;
+	pthread_mutex_lock(&st->mu);
+	if (!st->ended && !st->cancelled) {
+		st->cancelled = true;
+		grpc_call_cancel(st->gcall, NULL);
+	}
+	pthread_mutex_unlock(&st->mu);
+}
+
+void mp_rpc_astream_release(struct mp_rpc_astream **stp)
+{
+	struct mp_rpc_astream *st = stp != NULL ? *stp : NULL;
+
+	if (st == NULL)
+		return;
+	*stp = NULL;
+	astream_unref(st);
 }
 
 struct mp_rpc_stream {

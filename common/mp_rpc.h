@@ -11,8 +11,9 @@
  * thread), so a server thread never waits for a disk.
  *
  * Client: channels, a blocking unary call (merpatictl, tests), asynchronous
- * unary calls completed on a client completion thread (frontends), and a
- * server-streaming reader.
+ * unary calls completed on a client completion thread (frontends), a
+ * blocking server-streaming reader, and asynchronous server streams on the
+ * same completion thread.
  *
  * Errors are MP_E* codes (mp_error.h), mapped to and from gRPC status codes;
  * the human message travels as the status details.
@@ -136,13 +137,48 @@ struct mp_rpc_cq;
 typedef void (*mp_rpc_done_cb)(int err, const char *error,
 			       ProtobufCMessage *resp, void *arg);
 int mp_rpc_cq_start(struct mp_rpc_cq **cq_r);
-/* Cancels calls still in flight (their callbacks run with MP_ECANCELED),
- * stops the thread, frees. */
+/* Cancels calls and streams still in flight (their callbacks run with
+ * MP_ECANCELED before this returns; when called from one of its own
+ * callbacks, right after that callback), stops the thread, frees. */
 void mp_rpc_cq_stop(struct mp_rpc_cq **cq);
 int mp_rpc_call_async(struct mp_rpc_channel *ch, struct mp_rpc_cq *cq,
 		      const char *path, const ProtobufCMessage *req,
 		      const ProtobufCMessageDescriptor *resp_desc,
 		      int64_t timeout_ms, mp_rpc_done_cb cb, void *arg);
+
+/* Asynchronous server-streaming reader on a struct mp_rpc_cq: for a
+ * process that keeps thousands of streams open (the frontend's watches)
+ * with no thread per stream. Callbacks run on the queue's completion
+ * thread, one at a time, never with a lock of mp_rpc's held: on_msg for
+ * each message in order (it owns msg: free it with
+ * protobuf_c_message_free_unpacked), then on_end exactly once, after the
+ * last on_msg, with 0 when the server ended the stream with OK, or MP_E*
+ * and a message for people (error may be NULL) otherwise: MP_ECANCELED
+ * after mp_rpc_astream_cancel or mp_rpc_cq_stop, MP_EUNAVAIL when the peer
+ * is down, MP_EPROTO for a message that does not unpack (the call is
+ * cancelled then). Callbacks run only if open returned 0.
+ *
+ * The caller holds a handle (*st_r) until mp_rpc_astream_release, which
+ * it must call exactly once, from any thread, before or after on_end (also
+ * inside a callback); releasing does not end the stream. The queue keeps
+ * its own reference until on_end has returned. timeout_ms 0 = no deadline.
+ * 0, MP_EINVAL, MP_ENOMEM, MP_ECANCELED (the queue is stopping), MP_EIO. */
+struct mp_rpc_astream;
+typedef void (*mp_rpc_msg_cb)(ProtobufCMessage *msg, void *arg);
+typedef void (*mp_rpc_end_cb)(int err, const char *error, void *arg);
+int mp_rpc_astream_open(struct mp_rpc_channel *ch, struct mp_rpc_cq *cq,
+			const char *path, const ProtobufCMessage *req,
+			const ProtobufCMessageDescriptor *resp_desc,
+			int64_t timeout_ms, mp_rpc_msg_cb on_msg,
+			mp_rpc_end_cb on_end, void *arg,
+			struct mp_rpc_astream **st_r);
+/* Ends the stream: no on_msg starts after this returns (one may be running
+ * on the completion thread right now), and on_end follows (with
+ * MP_ECANCELED unless the stream had already ended). Never blocks; any
+ * thread, any time while the handle is held; nothing once ended. */
+void mp_rpc_astream_cancel(struct mp_rpc_astream *st);
+/* Drops the caller's handle; sets *st to NULL; safe on NULL. */
+void mp_rpc_astream_release(struct mp_rpc_astream **st);
 
 /* Server-streaming reader (blocking). timeout_ms 0 = no deadline. */
 struct mp_rpc_stream;

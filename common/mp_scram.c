@@ -93,7 +93,7 @@ size_t mp_base64_encode(const void *in, size_t len, char *out)
 	return o;
 }
 
-static int b64_val(char c)
+int mp_base64_digit(unsigned char c, char c62, char c63)
 {
 	if (c >= 'A' && c <= 'Z')
 		return c - 'A';
@@ -101,11 +101,16 @@ static int b64_val(char c)
 		return c - 'a' + 26;
 	if (c >= '0' && c <= '9')
 		return c - '0' + 52;
-	if (c == '+')
+	if (c == (unsigned char)c62)
 		return 62;
-	if (c == '/')
+	if (c == (unsigned char)c63)
 		return 63;
 	return -1;
+}
+
+static int b64_val(char c)
+{
+	return mp_base64_digit((unsigned char)c, '+', '/');
 }
 
 int mp_base64_decode(const char *in, size_t len, uint8_t *out, size_t cap,

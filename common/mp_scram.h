@@ -53,6 +53,9 @@ void mp_wipe(void *p, size_t len);
  * (no whitespace, padding required); returns 0 with *len_r, MP_EINVAL for
  * bad input, MP_ETOOBIG when out (cap bytes) is too small. */
 size_t mp_base64_encode(const void *in, size_t len, char *out);
+/* The value 0..63 of one base64 digit, with c62/c63 as the last two
+ * digits ('+' '/' in RFC 4648, '+' ',' in IMAP's modified UTF-7), or -1. */
+int mp_base64_digit(unsigned char c, char c62, char c63);
 int mp_base64_decode(const char *in, size_t len, uint8_t *out, size_t cap,
 		     size_t *len_r);
 

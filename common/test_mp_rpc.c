@@ -1119,6 +1119,354 @@ static void test_closed_port(void **state)
 	mp_rpc_channel_close(&c);
 }
 
+/* ------------------------------------------------ asynchronous streams */
+
+#define AS_MAX_IDS 128
+#define N_ASTREAMS 200
+
+struct as_result {
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	int ids[AS_MAX_IDS];
+	int n_msgs;
+	int ends;
+	int err;
+	char error[64];
+	bool msg_after_end;
+	bool release_in_end;          /* release the handle from on_end */
+	struct mp_rpc_astream *st;    /* the handle, for release_in_end */
+};
+
+static void as_init(struct as_result *r)
+{
+	memset(r, 0, sizeof(*r));
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_cond_init(&r->cond, NULL);
+	r->err = 1;
+}
+
+static void as_destroy(struct as_result *r)
+{
+	pthread_mutex_destroy(&r->mu);
+	pthread_cond_destroy(&r->cond);
+}
+
+static void as_msg(ProtobufCMessage *msg, void *arg)
+{
+	struct as_result *r = arg;
+	const Merpati__V1__WatchEvent *ev = (const void *)msg;
+
+	pthread_mutex_lock(&r->mu);
+	if (r->ends > 0)
+		r->msg_after_end = true;
+	if (r->n_msgs < AS_MAX_IDS)
+		r->ids[r->n_msgs] = (int)ev->mailbox_id;
+	r->n_msgs++;
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->mu);
+	protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+static void as_end(int err, const char *error, void *arg)
+{
+	struct as_result *r = arg;
+
+	pthread_mutex_lock(&r->mu);
+	r->ends++;
+	r->err = err;
+	snprintf(r->error, sizeof(r->error), "%s", error != NULL ? error : "");
+	if (r->release_in_end)
+		mp_rpc_astream_release(&r->st);
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->mu);
+}
+
+static struct mp_rpc_astream *as_open(struct mp_rpc_channel *c,
+				      struct mp_rpc_cq *cq, const char *user,
+				      struct as_result *r)
+{
+	Merpati__V1__WatchRequest req = MERPATI__V1__WATCH_REQUEST__INIT;
+	struct mp_rpc_astream *st = NULL;
+
+	req.user = (char *)user;
+	assert_int_equal(mp_rpc_astream_open(c, cq, path("Watch"), &req.base,
+					     &merpati__v1__watch_event__descriptor,
+					     0, as_msg, as_end, r, &st), 0);
+	assert_non_null(st);
+	return st;
+}
+
+/* Waits (bounded) until r has at least msgs messages and ends ends. */
+static void as_wait(struct as_result *r, int msgs, int ends)
+{
+	struct timespec ts;
+
+	deadline_ts(&ts, WAIT_MS);
+	pthread_mutex_lock(&r->mu);
+	while ((r->n_msgs < msgs || r->ends < ends) &&
+	       pthread_cond_timedwait(&r->cond, &r->mu, &ts) == 0)
+		;
+	pthread_mutex_unlock(&r->mu);
+}
+
+static void test_astream_in_order(void **state)
+{
+	struct mp_rpc_cq *cq = NULL;
+	struct mp_rpc_astream *st;
+	struct as_result r;
+	int closes = closes_now();
+
+	(void)state;
+	as_init(&r);
+	assert_int_equal(mp_rpc_cq_start(&cq), 0);
+	st = as_open(ch, cq, "n:100", &r);
+	as_wait(&r, 100, 1);
+	pthread_mutex_lock(&r.mu);
+	assert_int_equal(r.n_msgs, 100);
+	for (int i = 0; i < 100; i++)
+		assert_int_equal(r.ids[i], i);
+	assert_int_equal(r.ends, 1);
+	assert_int_equal(r.err, 0);
+	assert_string_equal(r.error, "");
+	assert_false(r.msg_after_end);
+	pthread_mutex_unlock(&r.mu);
+	/* Cancel after the end does nothing; release after it frees. */
+	mp_rpc_astream_cancel(st);
+	mp_rpc_astream_release(&st);
+	assert_null(st);
+	mp_rpc_astream_release(&st);
+	mp_rpc_cq_stop(&cq);
+	assert_int_equal(r.ends, 1);
+	wait_closes(closes + 1);
+	assert_int_equal(closes_now(), closes + 1);
+	as_destroy(&r);
+}
+
+static void test_astream_errors(void **state)
+{
+	struct mp_rpc_cq *cq = NULL;
+	struct mp_rpc_astream *st;
+	struct as_result r;
+
+	(void)state;
+	assert_int_equal(mp_rpc_cq_start(&cq), 0);
+
+	/* One event, then the server's error and its words. */
+	as_init(&r);
+	st = as_open(ch, cq, "fail", &r);
+	/* Released before the end: the stream goes on to its end. */
+	mp_rpc_astream_release(&st);
+	as_wait(&r, 1, 1);
+	pthread_mutex_lock(&r.mu);
+	assert_int_equal(r.n_msgs, 1);
+	assert_int_equal(r.ids[0], 0);
+	assert_int_equal(r.ends, 1);
+	assert_int_equal(r.err, MP_EPERM);
+	assert_string_equal(r.error, "go away");
+	pthread_mutex_unlock(&r.mu);
+	as_destroy(&r);
+
+	/* Refused before any message. */
+	as_init(&r);
+	r.release_in_end = true;
+	pthread_mutex_lock(&r.mu);
+	r.st = as_open(ch, cq, "reject", &r);
+	pthread_mutex_unlock(&r.mu);
+	as_wait(&r, 0, 1);
+	pthread_mutex_lock(&r.mu);
+	assert_int_equal(r.n_msgs, 0);
+	assert_int_equal(r.ends, 1);
+	assert_int_equal(r.err, MP_ENOENT);
+	assert_string_equal(r.error, "no such user");
+	assert_null(r.st);
+	pthread_mutex_unlock(&r.mu);
+	as_destroy(&r);
+
+	/* Invalid arguments run no callback. */
+	Merpati__V1__WatchRequest req = MERPATI__V1__WATCH_REQUEST__INIT;
+	st = (void *)&r;
+	assert_int_equal(mp_rpc_astream_open(ch, cq, path("Watch"), &req.base,
+					     &merpati__v1__watch_event__descriptor,
+					     0, NULL, as_end, &r, &st),
+			 MP_EINVAL);
+	assert_null(st);
+	mp_rpc_cq_stop(&cq);
+}
+
+static void test_astream_cancel(void **state)
+{
+	struct mp_rpc_cq *cq = NULL;
+	struct mp_rpc_astream *st;
+	struct as_result r;
+	int closes = closes_now();
+	int64_t t0;
+
+	(void)state;
+	as_init(&r);
+	assert_int_equal(mp_rpc_cq_start(&cq), 0);
+	st = as_open(ch, cq, "hold", &r);
+	as_wait(&r, 1, 0);
+	pthread_mutex_lock(&r.mu);
+	assert_int_equal(r.n_msgs, 1);
+	assert_int_equal(r.ends, 0);
+	pthread_mutex_unlock(&r.mu);
+	/* The stream stays open: nothing ends it by itself. */
+	struct timespec pause = { 0, 200 * 1000000 };
+	nanosleep(&pause, NULL);
+	pthread_mutex_lock(&r.mu);
+	assert_int_equal(r.ends, 0);
+	pthread_mutex_unlock(&r.mu);
+	assert_int_equal(closes_now(), closes);
+
+	t0 = now_ms();
+	mp_rpc_astream_cancel(st);
+	mp_rpc_astream_cancel(st); /* twice: nothing more */
+	as_wait(&r, 1, 1);
+	assert_true(now_ms() - t0 < 2000);
+	pthread_mutex_lock(&r.mu);
+	assert_int_equal(r.ends, 1);
+	assert_int_equal(r.err, MP_ECANCELED);
+	assert_int_equal(r.n_msgs, 1);
+	pthread_mutex_unlock(&r.mu);
+	/* The server saw the client go. */
+	wait_closes(closes + 1);
+	assert_int_equal(closes_now(), closes + 1);
+	mp_rpc_astream_release(&st);
+	mp_rpc_cq_stop(&cq);
+	assert_int_equal(r.ends, 1);
+	as_destroy(&r);
+}
+
+static void test_astream_many_and_stop(void **state)
+{
+	static struct as_result r[N_ASTREAMS];
+	static struct mp_rpc_astream *st[N_ASTREAMS];
+	struct mp_rpc_cq *cq = NULL;
+	int closes = closes_now();
+
+	(void)state;
+	assert_int_equal(mp_rpc_cq_start(&cq), 0);
+	for (int i = 0; i < N_ASTREAMS; i++) {
+		as_init(&r[i]);
+		st[i] = as_open(ch, cq, "hold", &r[i]);
+	}
+	for (int i = 0; i < N_ASTREAMS; i++) {
+		as_wait(&r[i], 1, 0);
+		pthread_mutex_lock(&r[i].mu);
+		assert_int_equal(r[i].n_msgs, 1);
+		assert_int_equal(r[i].ends, 0);
+		pthread_mutex_unlock(&r[i].mu);
+	}
+	/* Half released by their owner while still open. */
+	for (int i = 0; i < N_ASTREAMS; i += 2)
+		mp_rpc_astream_release(&st[i]);
+	/* Stopping the queue ends every stream before it returns. */
+	mp_rpc_cq_stop(&cq);
+	for (int i = 0; i < N_ASTREAMS; i++) {
+		pthread_mutex_lock(&r[i].mu);
+		assert_int_equal(r[i].ends, 1);
+		assert_int_equal(r[i].err, MP_ECANCELED);
+		pthread_mutex_unlock(&r[i].mu);
+	}
+	/* Handles outlive the queue: cancel and release are still safe. */
+	for (int i = 1; i < N_ASTREAMS; i += 2) {
+		mp_rpc_astream_cancel(st[i]);
+		mp_rpc_astream_release(&st[i]);
+	}
+	wait_closes(closes + N_ASTREAMS);
+	assert_int_equal(closes_now(), closes + N_ASTREAMS);
+	for (int i = 0; i < N_ASTREAMS; i++)
+		as_destroy(&r[i]);
+}
+
+static int open_after_stop = 1;
+
+/* Stops its own queue from on_end, then tries to open on it. */
+static void as_end_stop(int err, const char *error, void *arg)
+{
+	struct mp_rpc_cq *q = self_cq;
+	Merpati__V1__WatchRequest req = MERPATI__V1__WATCH_REQUEST__INIT;
+	struct mp_rpc_astream *st = NULL;
+	char p[64];
+
+	mp_rpc_cq_stop(&self_cq);
+	req.user = "hold";
+	open_after_stop = mp_rpc_astream_open(
+		ch, q, mp_rpc_method_path(svc, "Watch", p, sizeof(p)),
+		&req.base, &merpati__v1__watch_event__descriptor, 0, as_msg,
+		as_end, arg, &st);
+	as_end(err, error, arg);
+}
+
+static void test_astream_stop_in_callback(void **state)
+{
+	Merpati__V1__WatchRequest req = MERPATI__V1__WATCH_REQUEST__INIT;
+	struct mp_rpc_astream *st[2] = { NULL, NULL };
+	struct as_result r[2];
+
+	(void)state;
+	as_init(&r[0]);
+	as_init(&r[1]);
+	assert_int_equal(mp_rpc_cq_start(&self_cq), 0);
+	st[1] = as_open(ch, self_cq, "hold", &r[1]);
+	as_wait(&r[1], 1, 0);
+	req.user = "fail";
+	assert_int_equal(mp_rpc_astream_open(ch, self_cq, path("Watch"),
+					     &req.base,
+					     &merpati__v1__watch_event__descriptor,
+					     0, as_msg, as_end_stop, &r[0],
+					     &st[0]), 0);
+	as_wait(&r[0], 1, 1);
+	as_wait(&r[1], 1, 1);
+	assert_null(self_cq);
+	assert_int_equal(open_after_stop, MP_ECANCELED);
+	pthread_mutex_lock(&r[0].mu);
+	assert_int_equal(r[0].ends, 1);
+	assert_int_equal(r[0].err, MP_EPERM);
+	pthread_mutex_unlock(&r[0].mu);
+	pthread_mutex_lock(&r[1].mu);
+	assert_int_equal(r[1].ends, 1);
+	assert_int_equal(r[1].err, MP_ECANCELED);
+	pthread_mutex_unlock(&r[1].mu);
+	mp_rpc_astream_release(&st[0]);
+	mp_rpc_astream_release(&st[1]);
+	/* The queue frees itself once its thread is out of the callbacks. */
+	struct timespec pause = { 0, 100 * 1000000 };
+	nanosleep(&pause, NULL);
+	as_destroy(&r[0]);
+	as_destroy(&r[1]);
+}
+
+static void test_astream_closed_port(void **state)
+{
+	struct mp_rpc_server *s = NULL;
+	struct mp_rpc_channel *c = NULL;
+	struct mp_rpc_cq *cq = NULL;
+	struct mp_rpc_astream *st;
+	struct as_result r;
+	int64_t t0;
+
+	(void)state;
+	assert_int_equal(start_server(0, &s), 0);
+	assert_int_equal(open_channel(s, 0, &c), 0);
+	mp_rpc_server_stop(&s);
+	assert_int_equal(mp_rpc_cq_start(&cq), 0);
+	as_init(&r);
+	t0 = now_ms();
+	st = as_open(c, cq, "hold", &r);
+	as_wait(&r, 0, 1);
+	assert_true(now_ms() - t0 < 3000);
+	pthread_mutex_lock(&r.mu);
+	assert_int_equal(r.ends, 1);
+	assert_int_equal(r.err, MP_EUNAVAIL);
+	assert_int_equal(r.n_msgs, 0);
+	pthread_mutex_unlock(&r.mu);
+	mp_rpc_astream_release(&st);
+	mp_rpc_cq_stop(&cq);
+	mp_rpc_channel_close(&c);
+	as_destroy(&r);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1141,6 +1489,12 @@ int main(void)
 		cmocka_unit_test(test_missing_method),
 		cmocka_unit_test(test_port_in_use),
 		cmocka_unit_test(test_closed_port),
+		cmocka_unit_test(test_astream_in_order),
+		cmocka_unit_test(test_astream_errors),
+		cmocka_unit_test(test_astream_cancel),
+		cmocka_unit_test(test_astream_many_and_stop),
+		cmocka_unit_test(test_astream_stop_in_callback),
+		cmocka_unit_test(test_astream_closed_port),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
