@@ -2139,6 +2139,17 @@ static int m_expunge(struct rd *r, uint32_t shard, const Merpati__V1__ExpungeReq
 	mp_uidset_free(&set);
 	if (ret < 0 || (ret = load_account(r, shard, user, &a, err_r)) < 0)
 		return ret;
+	if (q->only_deleted) {
+		size_t keep = 0;
+		for (size_t i = 0; i < m.n; i++) {
+			if (!has_flag(m.rec[i]->flags, m.rec[i]->n_flags, "\\Deleted"))
+				continue;
+			m.uid[keep] = m.uid[i];
+			m.rec[keep] = m.rec[i];
+			keep++;
+		}
+		m.n = keep;
+	}
 	if ((ret = remove_messages(r, shard, user, a, mb, &m, true)) < 0)
 		return ret;
 	if (m.n > 0 && ((ret = save_mailbox(r->pm, shard, user, mb)) < 0 ||

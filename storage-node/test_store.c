@@ -1192,6 +1192,49 @@ static void test_log_trim_in_sync(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* IMAP EXPUNGE: only_deleted removes exactly the \\Deleted messages of the
+ * set, decided with the removal. */
+static void test_expunge_only_deleted(void **state)
+{
+	struct store *st = *state;
+	mk_domain(st, "example.test");
+	mk_user(st, "a@example.test");
+	for (int i = 0; i < 6; i++) {
+		char body[64];
+		snprintf(body, sizeof(body), "Subject: %d\r\n\r\nx\r\n", i);
+		assert_int_equal(append(st, "a@example.test", "INBOX", body, NULL, 0, NULL, NULL), 0);
+	}
+	Merpati__V1__StoreFlagsRequest q = MERPATI__V1__STORE_FLAGS_REQUEST__INIT;
+	char *del = "\\Deleted";
+	q.user = "a@example.test";
+	q.mailbox = "INBOX";
+	q.uid_set = "2,4:5";
+	q.mode = MERPATI__V1__FLAG_MODE__FLAGS_ADD;
+	q.flags = &del;
+	q.n_flags = 1;
+	assert_int_equal(call(st, STORE_STORE_FLAGS, &q, NULL, NULL), 0);
+
+	Merpati__V1__ExpungeRequest e = MERPATI__V1__EXPUNGE_REQUEST__INIT;
+	Merpati__V1__ExpungeReply *er = NULL;
+	e.user = "a@example.test";
+	e.mailbox = "INBOX";
+	e.uid_set = "1:4";
+	e.only_deleted = true;
+	assert_int_equal(call(st, STORE_EXPUNGE, &e, &merpati__v1__expunge_reply__descriptor, &er), 0);
+	assert_int_equal(er->n_expunged, 2);
+	assert_int_equal(er->expunged[0], 2);
+	assert_int_equal(er->expunged[1], 4);
+	FREE(er);
+	e.uid_set = "1:*";
+	assert_int_equal(call(st, STORE_EXPUNGE, &e, &merpati__v1__expunge_reply__descriptor, &er), 0);
+	assert_int_equal(er->n_expunged, 1);
+	assert_int_equal(er->expunged[0], 5);
+	FREE(er);
+	Merpati__V1__StatusReply *s = status(st, "a@example.test", "INBOX");
+	assert_int_equal(s->messages, 3);
+	FREE(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1208,6 +1251,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_snapshot_copy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_log_trim_single_node, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_log_trim_in_sync, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_expunge_only_deleted, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
