@@ -29,6 +29,8 @@
 #include "mp_rpc.h"
 #include "mp_scram.h"
 #include "smtp_server.h"
+#include "imap_server.h"
+#include "fe_watch.h"
 
 #define FE_MAX_CERTS 16
 
@@ -42,6 +44,9 @@ struct fe_conf {
 	char *smtp_listen;
 	char *submission_listen;
 	char *submissions_listen;
+	char *imap_listen;
+	char *imaps_listen;
+	uint64_t imap_idle_timeout;
 	char *tls_cert;
 	char *tls_key;
 	char *tls_sni;
@@ -88,6 +93,13 @@ static const struct mp_config_opt opts[] = {
 	  "addresses for submission with STARTTLS (port 587 role)", 0, 0 },
 	{ "submissions_listen", MP_CONF_STRING, O(submissions_listen), "",
 	  "addresses for submission over implicit TLS (port 465 role)", 0, 0 },
+	{ "imap_listen", MP_CONF_STRING, O(imap_listen), "",
+	  "addresses for IMAP with STARTTLS (port 143 role)", 0, 0 },
+	{ "imaps_listen", MP_CONF_STRING, O(imaps_listen), "",
+	  "addresses for IMAP over implicit TLS (port 993 role)", 0, 0 },
+	{ "imap_idle_timeout", MP_CONF_DURATION, O(imap_idle_timeout), "30m",
+	  "time an IMAP client may stay silent (RFC 9051 §5.4: at least 30 min)", 1000,
+	  86400000 },
 	{ "tls_cert", MP_CONF_STRING, O(tls_cert), NULL,
 	  "PEM certificate chain of the default TLS certificate", 0, 0 },
 	{ "tls_key", MP_CONF_STRING, O(tls_key), NULL, "PEM key of tls_cert", 0, 0 },
@@ -162,7 +174,7 @@ static size_t split_list(char *s, char **items, size_t max)
 }
 
 static int add_listeners(struct fe_server *srv, const char *list, enum fe_tls_mode tls,
-			 struct smtp_conf *sc)
+			 const struct fe_proto *proto, void *ctx, const char *role)
 {
 	char *copy = strdup(list);
 	char *items[16];
@@ -172,7 +184,7 @@ static int add_listeners(struct fe_server *srv, const char *list, enum fe_tls_mo
 	int ret = 0;
 	for (size_t i = 0; i < n && ret == 0; i++) {
 		struct fe_listener_conf lc = {
-			.addr = items[i], .tls = tls, .proto = &smtp_proto, .proto_ctx = sc,
+			.addr = items[i], .tls = tls, .proto = proto, .proto_ctx = ctx,
 		};
 		char *error = NULL;
 		int port = 0;
@@ -181,8 +193,7 @@ static int add_listeners(struct fe_server *srv, const char *list, enum fe_tls_mo
 			mp_log_error("fe_listen_failed", "addr=%s error=\"%s\"", items[i],
 				     error != NULL ? error : mp_strerror(ret));
 		else
-			mp_log_info("fe_listener", "addr=%s port=%d role=%s", items[i], port,
-				    sc->submission ? "submission" : "smtp");
+			mp_log_info("fe_listener", "addr=%s port=%d role=%s", items[i], port, role);
 		free(error);
 	}
 	free(copy);
@@ -295,6 +306,7 @@ int main(int argc, char **argv)
 	struct fe_tls *tls = NULL;
 	struct fe_server *srv = NULL;
 	struct fe_queue *queue = NULL;
+	struct fe_watch *watch = NULL;
 	int rc = 1;
 	char eprefix[128];
 	snprintf(eprefix, sizeof(eprefix), "/merpati/%s/", conf.cluster);
@@ -349,9 +361,27 @@ int main(int argc, char **argv)
 	};
 	struct smtp_conf subm = smtp;
 	subm.submission = true;
-	if (add_listeners(srv, conf.smtp_listen, FE_TLS_NONE, &smtp) < 0 ||
-	    add_listeners(srv, conf.submission_listen, FE_TLS_NONE, &subm) < 0 ||
-	    add_listeners(srv, conf.submissions_listen, FE_TLS_IMPLICIT, &subm) < 0)
+	if ((ret = fe_watch_start(route, &watch, &error)) < 0) {
+		mp_log_error("fe_watch_failed", "error=\"%s\"", error != NULL ? error : mp_strerror(ret));
+		goto out;
+	}
+	struct imap_conf imap = {
+		.hostname = host,
+		.allow_plaintext_auth = conf.allow_plaintext_auth,
+		.max_message_size = conf.max_message_size,
+		.max_errors = conf.max_errors,
+		.idle_timeout_ms = conf.imap_idle_timeout,
+		.store = store,
+		.watch = watch,
+	};
+	if (add_listeners(srv, conf.smtp_listen, FE_TLS_NONE, &smtp_proto, &smtp, "smtp") < 0 ||
+	    add_listeners(srv, conf.submission_listen, FE_TLS_NONE, &smtp_proto, &subm,
+			  "submission") < 0 ||
+	    add_listeners(srv, conf.submissions_listen, FE_TLS_IMPLICIT, &smtp_proto, &subm,
+			  "submissions") < 0 ||
+	    add_listeners(srv, conf.imap_listen, FE_TLS_NONE, &imap_proto, &imap, "imap") < 0 ||
+	    add_listeners(srv, conf.imaps_listen, FE_TLS_IMPLICIT, &imap_proto, &imap,
+			  "imaps") < 0)
 		goto out;
 	if ((ret = fe_server_start(srv, &error)) < 0) {
 		mp_log_error("fe_start_failed", "error=\"%s\"", error != NULL ? error : mp_strerror(ret));
@@ -412,6 +442,7 @@ int main(int argc, char **argv)
 out:
 	fe_queue_stop(&queue);
 	fe_server_free(&srv);
+	fe_watch_stop(&watch);
 	fe_tls_free(&tls);
 	fe_store_free(&store);
 	mp_route_close(&route);

@@ -247,9 +247,13 @@ static int send_dsn(struct runner *r, uint32_t shard, const char *to,
 			ret = mp_buf_append(&full, msg->data, msg->len);
 		if (ret == 0)
 			ret = fe_store_shard_of(st, norm, &ushard);
+		struct fe_msg_meta meta = { 0 };
+		if (ret == 0)
+			ret = fe_msg_meta_make(full.data, full.len, &meta);
 		if (ret == 0)
 			ret = fe_store_append_many(st, ushard, &u, 1, NULL, full.data, full.len,
-						   &res, &error);
+						   &meta, &res, &error);
+		fe_msg_meta_clear(&meta);
 		mp_buf_free(&full);
 		free(error);
 		return ret < 0 ? ret : res;

@@ -13,6 +13,8 @@
  */
 #include "fe_server.h"
 
+#include "fe_deflate.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -111,6 +113,7 @@ struct fe_conn {
 	struct bufferevent *bev;       /* owned; NULL once closed */
 	void *sess;                    /* owned by the protocol */
 	struct event *idle_ev, *total_ev, *reap_ev, *kick_ev, *flush_ev;  /* owned */
+	bool compressed;               /* COMPRESS=DEFLATE filter on top */
 	struct fe_conn *prev, *next;
 	uint64_t idle_ms;
 	unsigned jobs;
@@ -677,9 +680,33 @@ int fe_conn_starttls(struct fe_conn *c)
 	return 0;
 }
 
+int fe_conn_compress(struct fe_conn *c)
+{
+	if (c->closed || c->bev == NULL || c->compressed)
+		return MP_ESTATE;
+	struct bufferevent *f = fe_deflate_bev(c->loop->base, c->bev);
+	if (f == NULL)
+		return MP_ENOMEM;
+	c->bev = f;  /* owns the one below now */
+	c->compressed = true;
+	conn_setup_bev(c);
+	return 0;
+}
+
 bool fe_conn_tls_active(const struct fe_conn *c)
 {
 	return c->tls;
+}
+
+void fe_conn_no_session_limit(struct fe_conn *c)
+{
+	if (c->total_ev != NULL)
+		event_del(c->total_ev);
+}
+
+struct event_base *fe_conn_base(struct fe_conn *c)
+{
+	return c->loop->base;
 }
 
 bool fe_conn_tls_offered(const struct fe_conn *c)

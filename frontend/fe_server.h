@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 struct evbuffer;
+struct event_base;
 struct bufferevent;
 struct fe_server;
 struct fe_loop;
@@ -117,6 +118,9 @@ void fe_conn_close_flush(struct fe_conn *c);
 void fe_conn_close(struct fe_conn *c);
 bool fe_conn_closed(const struct fe_conn *c);
 void fe_conn_set_idle_timeout(struct fe_conn *c, uint64_t ms);
+/* Lift the session time limit for this connection (IMAP: a client stays
+ * connected for days; its idle timeout still applies). */
+void fe_conn_no_session_limit(struct fe_conn *c);
 
 /* STARTTLS: the caller has written its "go ahead" reply; discard unread
  * plaintext input (RFC 3207 §4.2 / RFC 2595 §3.1: never treat it as
@@ -124,9 +128,16 @@ void fe_conn_set_idle_timeout(struct fe_conn *c, uint64_t ms);
  * when the server has no TLS, or MP_EIO. */
 int fe_conn_starttls(struct fe_conn *c);
 bool fe_conn_tls_active(const struct fe_conn *c);
+/* COMPRESS=DEFLATE (RFC 4978): everything written so far goes out as is,
+ * everything after (both ways) is raw deflate. 0, MP_ESTATE (already on),
+ * MP_ENOMEM. */
+int fe_conn_compress(struct fe_conn *c);
 /* "version=TLSv1.3 cipher=... bits=256/256", or "" without TLS. */
 const char *fe_conn_tls_info(struct fe_conn *c);
 bool fe_conn_tls_offered(const struct fe_conn *c);  /* server has TLS */
+/* The connection's event loop, for timers of its own (freed by the
+ * session before its free() returns). */
+struct event_base *fe_conn_base(struct fe_conn *c);
 
 const char *fe_conn_peer_ip(const struct fe_conn *c);   /* "127.0.0.1" */
 uint16_t fe_conn_peer_port(const struct fe_conn *c);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "imap_mime.h"
 #include "mailstore.pb-c.h"
 #include "mp_buf.h"
 #include "mp_error.h"
@@ -270,10 +271,39 @@ int fe_store_get_auth(struct fe_store *s, const char *user, char **hash_r,
 	return 0;
 }
 
+int fe_msg_meta_make(const void *body, size_t len, struct fe_msg_meta *m)
+{
+	memset(m, 0, sizeof(*m));
+	struct imap_mime *mime = NULL;
+	struct mp_buf env;
+	mp_buf_init(&env, 0);
+	int ret = imap_mime_parse(body, len, NULL, &mime);
+	if (ret == 0)
+		ret = imap_mime_envelope(mime, &env);
+	if (ret == 0)
+		ret = imap_mime_pack(mime, &m->bodystructure, &m->bodystructure_len);
+	imap_mime_free(&mime);
+	if (ret < 0) {
+		mp_buf_free(&env);
+		fe_msg_meta_clear(m);
+		return ret;
+	}
+	m->envelope = mp_buf_steal(&env, &m->envelope_len);
+	mp_buf_free(&env);
+	return 0;
+}
+
+void fe_msg_meta_clear(struct fe_msg_meta *m)
+{
+	free(m->envelope);
+	free(m->bodystructure);
+	memset(m, 0, sizeof(*m));
+}
+
 int fe_store_append_many(struct fe_store *s, uint32_t shard,
 			 const char *const *users, size_t n, const char *mailbox,
-			 const void *body, size_t len, int *results,
-			 char **error_r)
+			 const void *body, size_t len, const struct fe_msg_meta *meta,
+			 int *results, char **error_r)
 {
 	Merpati__V1__Delivery *dv = calloc(n, sizeof(*dv));
 	Merpati__V1__Delivery **dp = calloc(n, sizeof(*dp));
@@ -295,6 +325,12 @@ int fe_store_append_many(struct fe_store *s, uint32_t shard,
 	q.deliveries = dp;
 	q.body.data = (uint8_t *)body;
 	q.body.len = len;
+	if (meta != NULL) {
+		q.envelope.data = (uint8_t *)meta->envelope;
+		q.envelope.len = meta->envelope_len;
+		q.bodystructure.data = meta->bodystructure;
+		q.bodystructure.len = meta->bodystructure_len;
+	}
 	ProtobufCMessage *resp = NULL;
 	int ret = call(s, shard, PATH("AppendMany"), &q.base,
 		       &merpati__v1__append_many_reply__descriptor, &resp, error_r);

@@ -60,14 +60,29 @@ int fe_store_get_auth(struct fe_store *s, const char *user, char **hash_r,
 /* Shard of a normalised user. */
 int fe_store_shard_of(struct fe_store *s, const char *user, uint32_t *shard_r);
 
+/* What IMAP needs of a message, made once when it is stored (RFC 3501
+ * ENVELOPE and the packed BODYSTRUCTURE of frontend/imap/imap_mime), so
+ * no FETCH parses the body again. */
+struct fe_msg_meta {
+	char *envelope;          /* owned */
+	size_t envelope_len;
+	uint8_t *bodystructure;  /* owned */
+	size_t bodystructure_len;
+};
+/* Parse body; 0 or MP_ENOMEM (bad mail still parses). */
+int fe_msg_meta_make(const void *body, size_t len, struct fe_msg_meta *m);
+void fe_msg_meta_clear(struct fe_msg_meta *m);
+
 /* One body to n users of one shard (AppendMany): stored once, one index
- * entry each, all or nothing per user. mailbox NULL = INBOX. results[i]
- * is 0 or the MP_E* of users[i]. The call's own error (nothing stored, or
- * outcome unknown after a timeout) is the return value. */
+ * entry each, all or nothing per user. mailbox NULL = INBOX. meta: the
+ * parsed form stored with it (NULL: none; IMAP then parses on FETCH).
+ * results[i] is 0 or the MP_E* of users[i]. The call's own error
+ * (nothing stored, or outcome unknown after a timeout) is the return
+ * value. */
 int fe_store_append_many(struct fe_store *s, uint32_t shard,
 			 const char *const *users, size_t n, const char *mailbox,
-			 const void *body, size_t len, int *results,
-			 char **error_r);
+			 const void *body, size_t len, const struct fe_msg_meta *meta,
+			 int *results, char **error_r);
 
 struct Merpati__V1__QueueEntry;
 

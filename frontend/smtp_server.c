@@ -458,7 +458,8 @@ static void run_mail(struct smtp_job *j)
 
 /* Store the message: every local user's copy (one AppendMany per shard),
  * then the remote recipients as one queue entry. */
-static int store_local(struct smtp_job *j, char **users, size_t n)
+static int store_local(struct smtp_job *j, char **users, size_t n,
+		       const struct fe_msg_meta *meta)
 {
 	struct smtp_sess *s = j->s;
 	struct fe_store *st = s->conf->store;
@@ -485,7 +486,7 @@ static int store_local(struct smtp_job *j, char **users, size_t n)
 		}
 		char *error = NULL;
 		ret = fe_store_append_many(st, shards[i], group, g, NULL,
-					   s->body.data, s->body.len, results, &error);
+					   s->body.data, s->body.len, meta, results, &error);
 		if (ret < 0)
 			mp_log_warn("smtp_store_failed", "conn=%s id=%s shard=%u error=\"%s\"",
 				    fe_conn_id(s->c), s->qid, shards[i],
@@ -585,8 +586,12 @@ static void run_store(struct smtp_job *j)
 			ret = list_add(&users, &n, s->rcpts[i].local[k]);
 		nremote += s->rcpts[i].nremote;
 	}
+	/* Parsed once for every local copy (and the Sent copy). */
+	struct fe_msg_meta meta = { 0 };
+	if (ret == 0 && (n > 0 || s->conf->sent_copy))
+		ret = fe_msg_meta_make(s->body.data, s->body.len, &meta);
 	if (ret == 0 && n > 0)
-		ret = store_local(j, users, n);
+		ret = store_local(j, users, n, &meta);
 	if (ret == 0 && nremote > 0)
 		ret = store_remote(j, nremote);
 	for (size_t i = 0; i < n; i++)
@@ -601,11 +606,12 @@ static void run_store(struct smtp_job *j)
 		const char *u = s->auth_user;
 		if (fe_store_shard_of(s->conf->store, u, &shard) < 0 ||
 		    fe_store_append_many(s->conf->store, shard, &u, 1, "Sent", s->body.data,
-					 s->body.len, &res, &error) < 0 || res != 0)
+					 s->body.len, &meta, &res, &error) < 0 || res != 0)
 			mp_log_warn("smtp_sent_copy_failed", "conn=%s id=%s error=\"%s\"",
 				    fe_conn_id(s->c), s->qid, error != NULL ? error : "refused");
 		free(error);
 	}
+	fe_msg_meta_clear(&meta);
 	if (ret == 0) {
 		snprintf(j->text, sizeof(j->text), "250 2.0.0 Ok: queued as %s", s->qid);
 		j->code = 0;

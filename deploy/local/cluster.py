@@ -340,14 +340,15 @@ class Node(Proc):
 
 
 class Frontend(Proc):
-    """A protocol frontend (merpati-frontend): no data of its own, three
-    listeners on 127.0.0.1, one per role."""
+    """A protocol frontend (merpati-frontend): no data of its own, one
+    listener on 127.0.0.1 per role."""
 
     log_name = "frontend.log"
     has_data = False
     # (role, the flag that sets its address), in the order of set_ports().
     ROLES = (("smtp", "--smtp_listen"), ("submission", "--submission_listen"),
-             ("submissions", "--submissions_listen"))
+             ("submissions", "--submissions_listen"),
+             ("imap", "--imap_listen"), ("imaps", "--imaps_listen"))
 
     def __init__(self, base, index):
         super().__init__(base, f"frontend{index}")
@@ -372,8 +373,7 @@ class Frontend(Proc):
                         for role, flag in self.ROLES)
 
     def set_ports(self, ports):
-        """Point the three listeners at new ports (smtp, submission,
-        submissions)."""
+        """Point the listeners at new ports, in the order of ROLES."""
         for (_, flag), port in zip(self.ROLES, ports):
             set_flag(self.argv, flag, f"127.0.0.1:{port}")
 
@@ -626,6 +626,10 @@ def write_env(base, nodes, build_dir, etcd=None, frontends=None):
          " ".join(str(f.port("submission")) for f in frontends)),
         ("FRONTEND_SUBMISSIONS_PORTS",
          " ".join(str(f.port("submissions")) for f in frontends)),
+        ("FRONTEND_IMAP_PORTS",
+         " ".join(str(f.port("imap")) for f in frontends)),
+        ("FRONTEND_IMAPS_PORTS",
+         " ".join(str(f.port("imaps")) for f in frontends)),
         ("FRONTEND_LOGS", " ".join(f.log for f in frontends)),
         ("FRONTEND_DIRS", " ".join(f.dir for f in frontends)),
     ]
@@ -633,6 +637,8 @@ def write_env(base, nodes, build_dir, etcd=None, frontends=None):
         env += [("SMTP_PORT", str(frontends[0].port("smtp"))),
                 ("SUBMISSION_PORT", str(frontends[0].port("submission"))),
                 ("SUBMISSIONS_PORT", str(frontends[0].port("submissions"))),
+                ("IMAP_PORT", str(frontends[0].port("imap"))),
+                ("IMAPS_PORT", str(frontends[0].port("imaps"))),
                 ("TLS_CA", tls_paths(base)["ca"])]
     tmp = os.path.join(base, "cluster.env.tmp")
     with open(tmp, "w") as f:

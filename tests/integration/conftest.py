@@ -25,7 +25,8 @@ What a Cluster offers (nodes are numbered from 0: node0, node1, ...):
 
 and its frontends (frontend0, frontend1, ...; i defaults to 0):
 
-    .smtp_port(i), .submission_port(i), .submissions_port(i)
+    .smtp_port(i), .submission_port(i), .submissions_port(i), .imap_port(i),
+    .imaps_port(i)
     .tls_ca                 the CA file that verifies the frontends'
                             certificate (for "localhost" and 127.0.0.1)
     .frontend_pid(i), .frontend_log(i), .frontend_pids
@@ -144,7 +145,9 @@ class Cluster:
             role: [int(p) for p in self.env.get(key, "").split()]
             for role, key in (("smtp", "FRONTEND_SMTP_PORTS"),
                               ("submission", "FRONTEND_SUBMISSION_PORTS"),
-                              ("submissions", "FRONTEND_SUBMISSIONS_PORTS"))}
+                              ("submissions", "FRONTEND_SUBMISSIONS_PORTS"),
+                              ("imap", "FRONTEND_IMAP_PORTS"),
+                              ("imaps", "FRONTEND_IMAPS_PORTS"))}
         self.tls_ca = self.env.get("TLS_CA")
 
     # ------------------------------------------------------------ clients
@@ -247,6 +250,12 @@ class Cluster:
 
     def submissions_port(self, i=0):
         return self._fe_ports["submissions"][i]
+
+    def imap_port(self, i=0):
+        return self._fe_ports["imap"][i]
+
+    def imaps_port(self, i=0):
+        return self._fe_ports["imaps"][i]
 
     def frontend_pid(self, i=0):
         return self.frontend_pids[i]
