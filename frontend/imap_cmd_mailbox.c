@@ -384,6 +384,60 @@ void imap_cmd_delete(struct imap_sess *s, const struct imap_command *cmd)
 	free(name);
 }
 
+/* RFC 3501 §6.3.5: renaming INBOX moves its messages to a new mailbox of
+ * that name and leaves INBOX empty. Two writes (create, then move): a
+ * failure in between leaves the new mailbox empty and INBOX untouched. */
+static void rename_inbox(struct imap_sess *s, const struct imap_command *cmd, const char *to)
+{
+	Merpati__V1__CreateMailboxRequest cq = MERPATI__V1__CREATE_MAILBOX_REQUEST__INIT;
+	cq.user = s->user;
+	cq.name = (char *)to;
+	cq.special_use = "";
+	Merpati__V1__MailboxReply *cr = NULL;
+	char *err = NULL;
+	int ret = imap_call(s, "CreateMailbox", &cq.base, &merpati__v1__mailbox_reply__descriptor,
+			    (ProtobufCMessage **)&cr, &err);
+	if (cr != NULL)
+		protobuf_c_message_free_unpacked(&cr->base, NULL);
+	if (ret < 0) {
+		imap_no_for(s, cmd->tag, ret, err, "RENAME");
+		free(err);
+		return;
+	}
+	free(err);
+	err = NULL;
+	Merpati__V1__StatusRequest sq = MERPATI__V1__STATUS_REQUEST__INIT;
+	sq.user = s->user;
+	sq.name = "INBOX";
+	Merpati__V1__StatusReply *sr = NULL;
+	ret = imap_call(s, "Status", &sq.base, &merpati__v1__status_reply__descriptor,
+			(ProtobufCMessage **)&sr, &err);
+	uint32_t messages = ret == 0 ? sr->messages : 0;
+	if (sr != NULL)
+		protobuf_c_message_free_unpacked(&sr->base, NULL);
+	if (ret == 0 && messages > 0) {
+		free(err);
+		err = NULL;
+		Merpati__V1__CopyRequest mq = MERPATI__V1__COPY_REQUEST__INIT;
+		mq.user = s->user;
+		mq.mailbox = "INBOX";
+		mq.uid_set = "1:*";
+		mq.dest_mailbox = (char *)to;
+		Merpati__V1__CopyReply *mr = NULL;
+		ret = imap_call(s, "Move", &mq.base, &merpati__v1__copy_reply__descriptor,
+				(ProtobufCMessage **)&mr, &err);
+		if (mr != NULL)
+			protobuf_c_message_free_unpacked(&mr->base, NULL);
+	}
+	if (ret < 0)
+		imap_no_for(s, cmd->tag, ret, err, "RENAME");
+	else {
+		imap_sync(s, true);
+		imap_tagged(s, cmd->tag, "OK RENAME completed");
+	}
+	free(err);
+}
+
 void imap_cmd_rename(struct imap_sess *s, const struct imap_command *cmd)
 {
 	if (cmd->nargs != 2) {
@@ -396,6 +450,12 @@ void imap_cmd_rename(struct imap_sess *s, const struct imap_command *cmd)
 	char *to = imap_mailbox_arg(s, cmd->tag, &cmd->args[1]);
 	if (to == NULL) {
 		free(from);
+		return;
+	}
+	if (strcmp(from, "INBOX") == 0) {
+		rename_inbox(s, cmd, to);
+		free(from);
+		free(to);
 		return;
 	}
 	Merpati__V1__RenameMailboxRequest q = MERPATI__V1__RENAME_MAILBOX_REQUEST__INIT;
@@ -429,6 +489,7 @@ void imap_cmd_subscribe(struct imap_sess *s, const struct imap_command *cmd)
 enum {
 	SI_MESSAGES = 1, SI_RECENT = 2, SI_UIDNEXT = 4, SI_UIDVALIDITY = 8, SI_UNSEEN = 16,
 	SI_SIZE = 32, SI_HIGHESTMODSEQ = 64, SI_DELETED = 128, SI_MAILBOXID = 256,
+	SI_APPENDLIMIT = 512,
 };
 
 static int parse_status_items(const struct imap_arg *l, unsigned *items_r)
@@ -437,7 +498,7 @@ static int parse_status_items(const struct imap_arg *l, unsigned *items_r)
 		{ "MESSAGES", SI_MESSAGES }, { "RECENT", SI_RECENT }, { "UIDNEXT", SI_UIDNEXT },
 		{ "UIDVALIDITY", SI_UIDVALIDITY }, { "UNSEEN", SI_UNSEEN }, { "SIZE", SI_SIZE },
 		{ "HIGHESTMODSEQ", SI_HIGHESTMODSEQ }, { "DELETED", SI_DELETED },
-		{ "MAILBOXID", SI_MAILBOXID },
+		{ "MAILBOXID", SI_MAILBOXID }, { "APPENDLIMIT", SI_APPENDLIMIT },
 	};
 	if (l->type != IMAP_ARG_LIST || l->nlist == 0)
 		return MP_EINVAL;
@@ -548,9 +609,14 @@ static int status_line(struct imap_sess *s, const char *name, unsigned items, ch
 		imap_out(s, "%sDELETED %u", sp, deleted);
 		sp = " ";
 	}
-	if (items & SI_MAILBOXID)
+	if (items & SI_MAILBOXID) {
 		imap_out(s, "%sMAILBOXID (F%08x%08x)", sp, mb ? mb->id : 0,
 			 mb ? mb->uidvalidity : 0);
+		sp = " ";
+	}
+	if (items & SI_APPENDLIMIT)
+		imap_out(s, "%sAPPENDLIMIT %llu", sp,
+			 (unsigned long long)s->conf->max_message_size);
 	imap_out(s, ")\r\n");
 	protobuf_c_message_free_unpacked(&r->base, NULL);
 	return 0;
@@ -646,6 +712,23 @@ static int add_entry(struct list_entry **v, size_t *n, size_t *cap, const char *
 	}
 	*e_r = e;
 	return 0;
+}
+
+/* A subscribed descendant of name that no pattern matches? */
+static bool hidden_subscribed_child(const struct list_entry *v, size_t n, const char *name,
+				    char *const *pats, size_t npats)
+{
+	size_t nl = strlen(name);
+	for (size_t i = 0; i < n; i++) {
+		if (!v[i].subscribed || strncmp(v[i].name, name, nl) != 0 || v[i].name[nl] != '/')
+			continue;
+		bool matched = false;
+		for (size_t p = 0; p < npats && !matched; p++)
+			matched = list_match(pats[p], v[i].name, 0);
+		if (!matched)
+			return true;
+	}
+	return false;
 }
 
 static int parse_list_opts(const struct imap_command *cmd, struct list_opts *o,
@@ -833,9 +916,16 @@ void imap_cmd_list(struct imap_sess *s, const struct imap_command *cmd)
 		bool subscribed_sel = o.lsub || o.sel_subscribed;
 		bool child_info = false;
 		if (subscribed_sel && !e->subscribed) {
-			if (!((o.sel_recursive || o.lsub) && e->child_subscribed))
+			if (!e->child_subscribed)
 				continue;
-			child_info = true; /* shown because a child is subscribed */
+			/* RFC 5258 RECURSIVEMATCH: shown with CHILDINFO. LSUB (RFC
+			 * 3501 §6.3.9): shown \Noselect only when no subscribed
+			 * child matches the pattern itself (the '%' case). */
+			if (o.lsub && !hidden_subscribed_child(v, n, e->name, pats, npats))
+				continue;
+			if (!o.lsub && !o.sel_recursive)
+				continue;
+			child_info = true;
 		}
 		if (o.sel_special && e->special == NULL)
 			continue;
@@ -846,7 +936,10 @@ void imap_cmd_list(struct imap_sess *s, const struct imap_command *cmd)
 		}
 		const char *sp = "";
 		imap_out(s, "* %s (", o.lsub ? "LSUB" : "LIST");
-		if (!e->exists) {
+		if (o.lsub && !e->subscribed) {
+			imap_out(s, "\\Noselect"); /* shown for a subscribed child */
+			sp = " ";
+		} else if (!e->exists) {
 			imap_out(s, "%s", o.lsub ? "\\Noselect" : (o.extended || s->rev2)
 				 ? "\\NonExistent" : "\\Noselect");
 			sp = " ";

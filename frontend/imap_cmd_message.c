@@ -66,6 +66,11 @@ int imap_resolve_set(struct imap_sess *s, const struct imap_arg *a, bool uid,
 	if (mp_uidset_parse(a->s, a->len, &set, &perr) < 0)
 		return MP_EINVAL;
 	uint32_t max = uid ? (s->sel.n ? s->sel.uids[s->sel.n - 1] : 0) : (uint32_t)s->sel.n;
+	if (!uid && max == 0) {
+		/* No message numbers exist, '*' included (RFC 9051 §2.3.1.2). */
+		mp_uidset_free(&set);
+		return MP_EINVAL;
+	}
 	if (!uid) {
 		/* A message number beyond the mailbox is an error (RFC 9051 §9). */
 		for (size_t i = 0; i < set.n; i++) {
@@ -454,6 +459,7 @@ static int fetch_one(struct imap_sess *s, struct fetch_state *f,
 				goto out;
 		}
 	}
+	size_t line_start = s->out.len;  /* a failed item takes its line back */
 	imap_out(s, "* %u FETCH (", seq);
 	const char *sp = "";
 	bool uid_done = false, flags_done = false, modseq_done = false;
@@ -561,6 +567,8 @@ static int fetch_one(struct imap_sess *s, struct fetch_state *f,
 		if (!modseq_done && f->want_modseq)
 			imap_out(s, " MODSEQ (%llu)", (unsigned long long)m->modseq);
 		imap_out(s, ")\r\n");
+	} else {
+		s->out.len = line_start;
 	}
 out:
 	imap_mime_free(&mime);
@@ -1249,6 +1257,11 @@ void imap_cmd_search(struct imap_sess *s, const struct imap_command *cmd)
 		s->saved = hits;
 		s->nsaved = nhits;
 		hits = NULL;
+	}
+	if (!info.return_given && s->rev2) {
+		/* RFC 9051 §7.3.4: SEARCH answers ESEARCH, as RETURN (ALL). */
+		info.return_given = true;
+		info.ret = IMAP_SEARCH_RET_ALL;
 	}
 	if (!info.return_given) {
 		imap_out(s, "* SEARCH");
