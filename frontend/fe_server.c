@@ -493,9 +493,9 @@ static void accept_cb(struct evconnlistener *evl, evutil_socket_t fd,
 			    ll->lis->conf.addr, over_total ? "max_connections" : "max_per_ip");
 		/* A best-effort one-line refusal on plaintext listeners; the
 		 * socket is non-blocking, so this never waits. */
-		if (ll->lis->conf.tls == FE_TLS_NONE) {
-			static const char busy[] = "421 4.7.0 Too many connections, try again later\r\n";
-			ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		const char *busy = ll->lis->conf.proto->busy;
+		if (ll->lis->conf.tls == FE_TLS_NONE && busy != NULL) {
+			ssize_t w = send(fd, busy, strlen(busy), MSG_NOSIGNAL | MSG_DONTWAIT);
 			(void)w;
 		}
 		evutil_closesocket(fd);

@@ -44,6 +44,9 @@ enum fe_tls_mode {
 /* What a protocol implements. All callbacks run on the connection's loop. */
 struct fe_proto {
 	const char *name;  /* "smtp", "submission", ... for logs */
+	/* The line sent (plaintext listeners only) to a connection refused by
+	 * a connection limit, CRLF included; NULL: close silently. */
+	const char *busy;
 	/* A new connection: allocate the session, send the greeting. Return
 	 * NULL to refuse (the connection is closed). */
 	void *(*open)(struct fe_conn *c, void *proto_ctx);

@@ -821,6 +821,8 @@ static void job_done(struct fe_job *j)
 	}
 	if (s->job_kind == IMAP_JOB_IDLE_SYNC) {
 		s->idle_syncing = false;
+		/* DONE may have come while the sync ran: read it now. */
+		fe_conn_kick(s->c);
 		return;
 	}
 	if (s->cont != NULL) {
@@ -1213,6 +1215,7 @@ static void imap_free(void *arg)
 
 const struct fe_proto imap_proto = {
 	.name = "imap",
+	.busy = "* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
 	.open = imap_open,
 	.on_input = imap_on_input,
 	.on_timeout = imap_on_timeout,

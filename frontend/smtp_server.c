@@ -1306,6 +1306,7 @@ static void smtp_free(void *arg)
 
 const struct fe_proto smtp_proto = {
 	.name = "smtp",
+	.busy = "421 4.7.0 Too many connections, try again later\r\n",
 	.open = smtp_open,
 	.on_input = smtp_on_input,
 	.on_timeout = smtp_on_timeout,

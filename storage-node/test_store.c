@@ -259,8 +259,8 @@ static void test_append_fetch_flags(void **state)
 	mk_domain(st, "example.test");
 	mk_user(st, "a@example.test");
 	char *seen[] = { "\\seen", "$Label1" };
-	uint32_t u1, u2, u3;
-	uint64_t m1, m2, m3;
+	uint32_t u1 = 0, u2 = 0, u3 = 0;
+	uint64_t m1 = 0, m2 = 0, m3 = 0;
 	assert_int_equal(append(st, "a@example.test", "INBOX", "Subject: one\r\n\r\nbody1\r\n",
 				NULL, 0, &u1, &m1), 0);
 	assert_int_equal(append(st, "a@example.test", "inbox", "Subject: two\r\n\r\nbody2\r\n",
@@ -830,7 +830,7 @@ static void test_cluster_replication(void **state)
 	store_set_replicator(st, replicate_to_follower, NULL);
 	mk_domain(st, "example.test");
 	mk_user(st, "a@example.test");
-	uint32_t uid;
+	uint32_t uid = 0;
 	for (int i = 0; i < 5; i++)
 		assert_int_equal(append(st, "a@example.test", "INBOX", "Subject: r\r\n\r\nx\r\n",
 					NULL, 0, &uid, NULL), 0);
@@ -951,7 +951,7 @@ static void test_snapshot_copy(void **state)
 	store_set_cluster(b, true);
 	store_set_role(b, 0, STORE_ROLE_LEADER, 2, "b");
 	assert_int_equal(store_snapshot_begin(b, 0), MP_ESTATE);
-	uint32_t uid;
+	uint32_t uid = 0;
 	assert_int_equal(append(b, "a@example.test", "INBOX", "Subject: t\r\n\r\nx\r\n",
 				NULL, 0, &uid, NULL), 0);
 	assert_int_equal(uid, 6);
