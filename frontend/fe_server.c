@@ -589,6 +589,27 @@ int fe_conn_write(struct fe_conn *c, const void *data, size_t len)
 	return evbuffer_add(out, data, len) == 0 ? 0 : MP_ENOMEM;
 }
 
+static void free_taken(const void *data, size_t len, void *arg)
+{
+	(void)data;
+	(void)len;
+	free(arg);
+}
+
+int fe_conn_write_take(struct fe_conn *c, char *data, size_t len)
+{
+	if (c->closed) {
+		free(data);
+		return MP_ESTATE;
+	}
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	if (evbuffer_add_reference(out, data, len, free_taken, data) != 0) {
+		free(data);
+		return MP_ENOMEM;
+	}
+	return 0;
+}
+
 int fe_conn_printf(struct fe_conn *c, const char *fmt, ...)
 {
 	char buf[1024];

@@ -104,6 +104,11 @@ struct evbuffer *fe_conn_input(struct fe_conn *c);
 /* Queue output. 0, or MP_ENOSPC when more than max_output is queued (the
  * caller should close: the client does not read). */
 int fe_conn_write(struct fe_conn *c, const void *data, size_t len);
+/* Queue a malloc'd buffer without copying it, and without the max_output
+ * check: for a session that makes its answers in bounded batches and waits
+ * for fe_conn_output_len to drop before the next (an IMAP FETCH, a POP3
+ * RETR). Takes data (freed when sent or on error). 0, MP_ESTATE, MP_ENOMEM. */
+int fe_conn_write_take(struct fe_conn *c, char *data, size_t len);
 int fe_conn_printf(struct fe_conn *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 /* Bytes of output not yet sent. */

@@ -103,10 +103,11 @@ static void flush_out(struct imap_sess *s)
 {
 	if (s->out.len == 0)
 		return;
-	if (fe_conn_write(s->c, s->out.data, s->out.len) < 0) {
+	/* Bounded by the batching (about IMAP_BATCH_BYTES, plus one message). */
+	size_t len = 0;
+	char *data = mp_buf_steal(&s->out, &len);
+	if (data == NULL || fe_conn_write_take(s->c, data, len) < 0)
 		fe_conn_close(s->c);
-	}
-	mp_buf_reset(&s->out);
 }
 
 /* --------------------------------------------------------- store calls */
@@ -518,10 +519,9 @@ static void cmd_enable(struct imap_sess *s, const struct imap_command *cmd)
 			s->utf8_enabled = true;
 			cap = "UTF8=ACCEPT";
 		}
-		if (cap != NULL && strlen(enabled) + strlen(cap) + 2 < sizeof(enabled)) {
-			strcat(enabled, " ");
-			strcat(enabled, cap);
-		}
+		size_t used = strlen(enabled);
+		if (cap != NULL && used + strlen(cap) + 2 < sizeof(enabled))
+			snprintf(enabled + used, sizeof(enabled) - used, " %s", cap);
 	}
 	imap_out(s, "* ENABLED%s\r\n", enabled);
 	imap_tagged(s, cmd->tag, "OK ENABLE completed");
@@ -841,6 +841,14 @@ static void job_done(struct fe_job *j)
 		s->cmd_done = NULL;
 		fn(s);
 	}
+	if (fe_conn_output_len(s->c) > IMAP_BATCH_BYTES) {
+		/* A client that pipelines without reading waits here: the next
+		 * command runs once most of this answer is out. */
+		s->wait_drain = true;
+		s->drain_resume = true;
+		drain_arm(s);
+		return;
+	}
 	fe_conn_resume(s->c);
 	fe_conn_kick(s->c);
 }
@@ -857,6 +865,12 @@ static void drain_tick(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	s->wait_drain = false;
+	if (s->drain_resume) {
+		s->drain_resume = false;
+		fe_conn_resume(s->c);
+		fe_conn_kick(s->c);
+		return;
+	}
 	s->busy = true;
 	fe_conn_submit(s->c, &s->job);
 }

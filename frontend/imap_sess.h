@@ -94,7 +94,8 @@ struct imap_sess {
 	imap_cmd_fn cmd_fn;
 	imap_cmd_fn cont;          /* set by a handler to be called again */
 	void (*cmd_done)(struct imap_sess *s); /* loop side, after the command */
-	bool wait_drain;
+	bool wait_drain;           /* waiting for the output to drain ... */
+	bool drain_resume;         /* ... then read input (else: next batch) */
 	struct event *drain_timer;
 	bool uid_in_fetch;         /* untagged FETCH carry UID (UID commands) */
 	/* continuation state of FETCH/SEARCH batches */

@@ -1223,7 +1223,7 @@ static int mime_setup_part(struct mime_ctx *c, uint32_t idx, uint32_t *child_r)
 	/* Content-Transfer-Encoding: one token, or the default. Kept as sent
 	 * for BODYSTRUCTURE, lowercased for sections (BINARY). */
 	char cte_sent[MIME_CTE_MAX + 1];
-	strcpy(p->cte, "7bit");
+	snprintf(p->cte, sizeof(p->cte), "7bit");
 	if (c->hf[HF_CTE].set) {
 		ret = mime_unfold(c, &c->hf[HF_CTE]);
 		if (ret != MP_OK)
@@ -1411,7 +1411,7 @@ static int mime_close(struct mime_ctx *c, uint32_t cur, uint32_t stop, size_t e,
 				return ret;
 			struct mime_part *cp = &c->m->parts[child];
 			cp->flags |= MIME_PF_SYNTHETIC;
-			strcpy(cp->cte, "7bit");
+			snprintf(cp->cte, sizeof(cp->cte), "7bit");
 			c->pi[child].text = true;
 			c->pi[child].a_off = c->strs.len;
 			ret = mp_buf_append_str(&c->strs, "\"text\" \"plain\" (\"charset\" "

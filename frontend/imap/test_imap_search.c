@@ -845,13 +845,15 @@ static void test_mime_edges(void **state)
 
 	/* 40 nested multiparts: the walk stops at its depth limit, without
 	 * error, and the text beyond it is not searched. */
-	char *deep = malloc(40 * 80 + 200);
+	size_t cap = 40 * 80 + 200;
+	char *deep = malloc(cap);
 	assert_non_null(deep);
 	size_t k = 0;
 	for (int i = 0; i < 40; i++)
-		k += (size_t)sprintf(deep + k, "Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n",
-				     i, i);
-	k += (size_t)sprintf(deep + k, "\r\ndeepest\r\n");
+		k += (size_t)snprintf(deep + k, cap - k,
+				      "Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n",
+				      i, i);
+	k += (size_t)snprintf(deep + k, cap - k, "\r\ndeepest\r\n");
 	size_t n;
 	struct imap_arg *args = tk("BODY deepest", &n);
 	struct imap_search *s = NULL;
