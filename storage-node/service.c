@@ -108,6 +108,7 @@ HANDLER(h_queue_list, STORE_QUEUE_LIST)
 HANDLER(h_queue_get, STORE_QUEUE_GET)
 HANDLER(h_queue_delete, STORE_QUEUE_DELETE)
 HANDLER(h_queue_retry, STORE_QUEUE_RETRY)
+HANDLER(h_maildrop_lock, STORE_MAILDROP_LOCK)
 
 /* ------------------------------------------------------------ watch */
 
@@ -249,6 +250,7 @@ static const struct mp_rpc_method methods[] = {
 	{ "QueueGet", h_queue_get, 0 },
 	{ "QueueDelete", h_queue_delete, 0 },
 	{ "QueueRetry", h_queue_retry, 0 },
+	{ "MaildropLock", h_maildrop_lock, 0 },
 };
 
 const struct mp_rpc_method *service_methods(size_t *n_r)

@@ -199,3 +199,9 @@ void sk_queue_body(struct sk *k, uint32_t shard, const char *id)
 	sk_str(k, "qb/");
 	sk_str(k, id);
 }
+
+void sk_maildrop_lock(struct sk *k, uint32_t shard, const char *user)
+{
+	sk_prefix(k, shard, 'l');
+	sk_str(k, user);
+}

@@ -17,6 +17,7 @@
  *   meta s{shard}/a/{alias}                         AliasRec
  *   meta s{shard}/q/{due be64}{queue id}            QueueRec (due-time index)
  *   meta s{shard}/Q/{queue id}                      due be64 (index by id)
+ *   meta s{shard}/l/{user}                          maildrop lock: until be64 + owner
  *   meta s0000/d/{domain}                           DomainRec
  *   blob s{shard}/b/{sha256}                        body
  *   blob s{shard}/qb/{queue id}                     queued message's body
@@ -29,6 +30,11 @@
  * Queue ids are "{shard}.{16 hex}" (fixed alphabet, at most 26 bytes), so
  * q/ keys sort by due time, then id. A queued body is not shared (no
  * reference count): it dies with its entry.
+ *
+ * The maildrop lock (RFC 1939 §8, one POP3 session per account) is one key
+ * per account, present only while some session holds or held it: until_ms
+ * (the leader's clock) then the owner's bytes, no record type, since it is
+ * read and written whole on every acquire.
  *
  * The reference count lives in meta beside the body rather than inside the
  * blob value (DESIGN.md says "body + reference count"): changing a count
@@ -77,6 +83,7 @@ void sk_queue_due_prefix(struct sk *k, uint32_t shard);
 void sk_queue_id(struct sk *k, uint32_t shard, const char *id);
 void sk_queue_id_prefix(struct sk *k, uint32_t shard);
 void sk_queue_body(struct sk *k, uint32_t shard, const char *id);
+void sk_maildrop_lock(struct sk *k, uint32_t shard, const char *user);
 void sk_shard(struct sk *k, uint32_t shard);  /* "s0001/" */
 
 /* The first key after every key that starts with prefix (for upper bounds

@@ -13,7 +13,8 @@
  * address's shard and conflict key, and each creation checks the other in
  * the same mutation. Outbound queue entries move in time through their due
  * key (s{shard}/q/{due}{id}); a claim moves the key to the lease's end, so
- * an entry whose runner died is simply due again.
+ * an entry whose runner died is simply due again. A POP3 maildrop lock
+ * (s{shard}/l/{user}) is a lease the same way: it needs no sweeper.
  *
  * Never: trust a name, flag or uid set from the request without checking it;
  * read from a user's keys after range-deleting them in the same mutation;
@@ -1166,6 +1167,11 @@ static int m_delete_account(struct rd *r, uint32_t shard, const Merpati__V1__Use
 		return ret;
 	sk_name_user(&pre, shard, user);
 	if ((ret = txn_del_prefix(r->pm, CF_META, &pre)) < 0)
+		return ret;
+	/* A POP3 session's lock would outlive the account and hold a new
+	 * account of the same name out until its lease ended. */
+	sk_maildrop_lock(&pre, shard, user);
+	if ((ret = txn_del(r->pm, CF_META, &pre)) < 0)
 		return ret;
 	sk_account(&pre, shard, user);
 	if ((ret = txn_del(r->pm, CF_META, &pre)) < 0)
@@ -3263,6 +3269,103 @@ static int r_queue_list(struct rd *r, const Merpati__V1__QueueListRequest *q,
 	return 0;
 }
 
+/* ------------------------------------------------------------ maildrop lock */
+
+/* RFC 1939 §8: a POP3 session locks its maildrop, and no other session may
+ * open it meanwhile, whichever frontend it is on. The lock is a lease on the
+ * leader's clock (as a queue claim), so a frontend that dies without QUIT
+ * holds it only until the lease ends. One key per account; lock calls of an
+ * account share its conflict key, so each reads the one before it. */
+
+#define LOCK_OWNER_MAX 128
+#define LOCK_LEASE_DEFAULT_MS 60000u
+#define LOCK_LEASE_MAX_MS 3600000u
+
+/* The lock's value: until_ms be64, then the owner's bytes. */
+static int lock_load(struct rd *r, uint32_t shard, const char *user, uint64_t *until_r,
+		     char **owner_r)
+{
+	struct sk k;
+	char *v;
+	size_t len;
+	sk_maildrop_lock(&k, shard, user);
+	int ret = rd_get(r, CF_META, &k, &v, &len);
+	if (ret < 0)
+		return ret;
+	if (len <= 8 || len > 8 + LOCK_OWNER_MAX) {
+		mp_log_error("store_bad_maildrop_lock", "len=%zu", len);
+		return MP_EIO;
+	}
+	char *owner = mp_arena_alloc(r->arena, len - 8 + 1);
+	if (owner == NULL)
+		return MP_ENOMEM;
+	memcpy(owner, v + 8, len - 8);
+	owner[len - 8] = '\0';
+	*until_r = mp_be64_get(v);
+	*owner_r = owner;
+	return 0;
+}
+
+static int m_maildrop_lock(struct rd *r, uint32_t shard,
+			   const Merpati__V1__MaildropLockRequest *q, ProtobufCMessage **rep_r,
+			   const char **err_r)
+{
+	char *user, *holder = NULL;
+	AccountRec *acct;
+	uint64_t until = 0;
+	int ret;
+	if ((ret = norm_user(r->arena, q->user, &user, err_r)) < 0 ||
+	    (ret = check_token(r->arena, q->owner, LOCK_OWNER_MAX, false, "owner", err_r)) < 0)
+		return ret;
+	if (q->lease_ms > LOCK_LEASE_MAX_MS) {
+		*err_r = arena_errf(r->arena, "lease_ms above %u", LOCK_LEASE_MAX_MS);
+		return MP_EINVAL;
+	}
+	if ((ret = load_account(r, shard, user, &acct, err_r)) < 0)
+		return ret;
+	ret = lock_load(r, shard, user, &until, &holder);
+	if (ret < 0 && ret != MP_ENOENT)
+		return ret;
+	bool held = ret == 0;
+	bool mine = held && strcmp(holder, q->owner) == 0;
+	uint64_t now = now_ms();
+	Merpati__V1__MaildropLockReply *rep = ALLOC(r->arena, Merpati__V1__MaildropLockReply);
+	if (rep == NULL)
+		return MP_ENOMEM;
+	merpati__v1__maildrop_lock_reply__init(rep);
+	struct sk k;
+	sk_maildrop_lock(&k, shard, user);
+	if (q->release) {
+		/* Only the holder's release counts; anyone else's (a session
+		 * whose lease another has taken since) changes nothing. */
+		if (mine && (ret = txn_del(r->pm, CF_META, &k)) < 0)
+			return ret;
+		rep->granted = true;
+		*rep_r = &rep->base;
+		return 0;
+	}
+	if (held && !mine && until > now) {
+		/* Refused: the lock stays as it is, nothing is written. */
+		rep->holder = holder;
+		rep->until_ms = until;
+		*rep_r = &rep->base;
+		return 0;
+	}
+	uint64_t lease = q->lease_ms ? q->lease_ms : LOCK_LEASE_DEFAULT_MS;
+	size_t olen = strlen(q->owner);
+	uint8_t *v = mp_arena_alloc(r->arena, 8 + olen);
+	if (v == NULL)
+		return MP_ENOMEM;
+	mp_be64_put(v, now + lease);
+	memcpy(v + 8, q->owner, olen);
+	if ((ret = txn_put_raw(r->pm, CF_META, &k, v, 8 + olen)) < 0)
+		return ret;
+	rep->granted = true;
+	rep->until_ms = now + lease;
+	*rep_r = &rep->base;
+	return 0;
+}
+
 /* ------------------------------------------------------------ dispatch */
 
 int ops_mutate(struct rd *r, enum store_op op, const ProtobufCMessage *req,
@@ -3306,6 +3409,7 @@ int ops_mutate(struct rd *r, enum store_op op, const ProtobufCMessage *req,
 		return m_queue_id_op(r, shard, (const void *)req, false, rep, err);
 	case STORE_QUEUE_RETRY:
 		return m_queue_id_op(r, shard, (const void *)req, true, rep, err);
+	case STORE_MAILDROP_LOCK: return m_maildrop_lock(r, shard, (const void *)req, rep, err);
 	default:
 		*err = "not a mutation";
 		return MP_EINVAL;
@@ -3375,6 +3479,7 @@ static const ProtobufCMessageDescriptor *reply_desc(enum store_op op)
 	case STORE_QUEUE_ADD: return &merpati__v1__queue_add_reply__descriptor;
 	case STORE_QUEUE_CLAIM: return &merpati__v1__queue_claim_reply__descriptor;
 	case STORE_QUEUE_UPDATE: return &merpati__v1__queue_update_reply__descriptor;
+	case STORE_MAILDROP_LOCK: return &merpati__v1__maildrop_lock_reply__descriptor;
 	default: return &merpati__v1__empty__descriptor;
 	}
 }

@@ -5,7 +5,9 @@
  * exclusion, ResolveRecipient, queue add/claim/update/lease expiry/
  * delete/retry, owner checks, request-id deduplication of QueueAdd and
  * QueueClaim, not-leader refusal, and that shard snapshots, digests and
- * replication carry the new keys.
+ * replication carry the new keys; the POP3 maildrop lock (grant, refusal,
+ * renewal, release, lease expiry, limits, retries, durability, deletion
+ * with its account, replication).
  *
  * Lease expiry is tested with 1 ms leases and a bounded wait until the
  * node's clock has passed the lease's end; no test asserts a duration.
@@ -1087,6 +1089,293 @@ static void test_replication_and_snapshot(void **state)
 	rm_dir(dir3);
 }
 
+/* ---------------------------------------------------- maildrop lock */
+
+/* One MaildropLock call; *rep_r unpacked when rep_r is given. */
+static int lock_call(struct store *st, const char *user, const char *owner, uint64_t lease_ms,
+		     bool release, const char *rid, Merpati__V1__MaildropLockReply **rep_r)
+{
+	Merpati__V1__MaildropLockRequest q = MERPATI__V1__MAILDROP_LOCK_REQUEST__INIT;
+	q.user = (char *)user;
+	q.owner = (char *)owner;
+	q.lease_ms = lease_ms;
+	q.release = release;
+	q.request_id = (char *)(rid ? rid : "");
+	return call(st, STORE_MAILDROP_LOCK, &q,
+		    rep_r ? &merpati__v1__maildrop_lock_reply__descriptor : NULL, rep_r);
+}
+
+/* An acquire that must be refused, naming holder. */
+static void lock_refused(struct store *st, const char *user, const char *owner,
+			 const char *holder, uint64_t until)
+{
+	Merpati__V1__MaildropLockReply *l = NULL;
+	assert_int_equal(lock_call(st, user, owner, 0, false, NULL, &l), 0);
+	assert_false(l->granted);
+	assert_string_equal(l->holder, holder);
+	if (until != 0)
+		assert_int_equal(l->until_ms, until);
+	FREE(l);
+}
+
+/* An acquire that must be granted; the end of its lease. */
+static uint64_t lock_granted(struct store *st, const char *user, const char *owner,
+			     uint64_t lease_ms)
+{
+	Merpati__V1__MaildropLockReply *l = NULL;
+	uint64_t t0 = wall_ms();
+	assert_int_equal(lock_call(st, user, owner, lease_ms, false, NULL, &l), 0);
+	assert_true(l->granted);
+	assert_string_equal(l->holder, "");
+	uint64_t lease = lease_ms ? lease_ms : 60000;
+	assert_true(l->until_ms >= t0 + lease);
+	assert_true(l->until_ms <= wall_ms() + lease);
+	uint64_t until = l->until_ms;
+	FREE(l);
+	return until;
+}
+
+static void lock_release(struct store *st, const char *user, const char *owner)
+{
+	Merpati__V1__MaildropLockReply *l = NULL;
+	assert_int_equal(lock_call(st, user, owner, 0, true, NULL, &l), 0);
+	assert_true(l->granted);
+	FREE(l);
+}
+
+/* Grant, refusal naming the holder (and writing nothing), renewal,
+ * releases by a stranger and by the holder; the user is normalised. */
+static void test_lock_grant_renew_release(void **state)
+{
+	struct store *st = *state;
+	const char *u = "pop@example.test";
+	uint32_t s = shard_of(u);
+	uint8_t d0[32], d1[32];
+	uint64_t k0, k1;
+	mk_domain(st, "example.test");
+	assert_int_equal(mk_user(st, u), 0);
+
+	uint64_t until = lock_granted(st, u, "fe1:sess-1", 0);
+	digest(st, s, d0, &k0);
+	lock_refused(st, u, "fe2:sess-9", "fe1:sess-1", until);
+	lock_refused(st, "POP@Example.TEST", "fe2:sess-9", "fe1:sess-1", until);
+	digest(st, s, d1, &k1);
+	assert_int_equal(k0, k1);
+	assert_memory_equal(d0, d1, 32);
+
+	/* renewal by the holder moves the end of the lease */
+	wait_past(until - 60000 + 2);
+	uint64_t until2 = lock_granted(st, "Pop@Example.Test", "fe1:sess-1", 120000);
+	assert_true(until2 > until);
+	lock_refused(st, u, "fe2:sess-9", "fe1:sess-1", until2);
+
+	/* a stranger's release changes nothing */
+	digest(st, s, d0, &k0);
+	lock_release(st, u, "fe2:sess-9");
+	digest(st, s, d1, &k1);
+	assert_memory_equal(d0, d1, 32);
+	lock_refused(st, u, "fe2:sess-9", "fe1:sess-1", until2);
+
+	/* the holder's release frees it, and the key is gone */
+	lock_release(st, u, "fe1:sess-1");
+	digest(st, s, d1, &k1);
+	assert_int_equal(k1, k0 - 1);
+	lock_granted(st, u, "fe2:sess-9", 0);
+	lock_refused(st, u, "fe1:sess-1", "fe2:sess-9", 0);
+	/* releasing twice is harmless */
+	lock_release(st, u, "fe2:sess-9");
+	lock_release(st, u, "fe2:sess-9");
+	lock_granted(st, u, "fe1:sess-1", 0);
+}
+
+/* A holder that never comes back loses the lock when its lease ends. */
+static void test_lock_expiry(void **state)
+{
+	struct store *st = *state;
+	const char *u = "pop@example.test";
+	mk_domain(st, "example.test");
+	assert_int_equal(mk_user(st, u), 0);
+	uint64_t until = lock_granted(st, u, "dead-frontend", 50);
+	lock_refused(st, u, "other", "dead-frontend", until);
+	sleep_ms(100);
+	wait_past(until);
+	lock_granted(st, u, "other", 0);
+	lock_refused(st, u, "dead-frontend", "other", 0);
+}
+
+/* Refusals: bad owner, lease, user; an account that does not exist. */
+static void test_lock_invalid(void **state)
+{
+	struct store *st = *state;
+	const char *u = "pop@example.test";
+	uint8_t d0[32], d1[32];
+	uint64_t k0, k1;
+	char longer[130];
+	mk_domain(st, "example.test");
+	assert_int_equal(mk_user(st, u), 0);
+	digest(st, shard_of(u), d0, &k0);
+
+	assert_int_equal(lock_call(st, "nobody@example.test", "s", 0, false, NULL, NULL),
+			 MP_ENOENT);
+	assert_int_equal(lock_call(st, "nobody@example.test", "s", 0, true, NULL, NULL),
+			 MP_ENOENT);
+	assert_int_equal(lock_call(st, "not an address", "s", 0, false, NULL, NULL), MP_EINVAL);
+	assert_int_equal(lock_call(st, NULL, "s", 0, false, NULL, NULL), MP_EINVAL);
+	assert_int_equal(lock_call(st, u, "", 0, false, NULL, NULL), MP_EINVAL);
+	assert_int_equal(lock_call(st, u, NULL, 0, false, NULL, NULL), MP_EINVAL);
+	assert_int_equal(lock_call(st, u, "", 0, true, NULL, NULL), MP_EINVAL);
+	assert_int_equal(lock_call(st, u, "a\tb", 0, false, NULL, NULL), MP_EINVAL);
+	assert_int_equal(lock_call(st, u, "a\x7f", 0, false, NULL, NULL), MP_EINVAL);
+	assert_int_equal(lock_call(st, u, "sess\r\n", 0, false, NULL, NULL), MP_EINVAL);
+	assert_int_equal(lock_call(st, u, "a b", 0, false, NULL, NULL), MP_EINVAL);
+	assert_int_equal(lock_call(st, u, "caf\xc3\xa9", 0, false, NULL, NULL), MP_EINVAL);
+	memset(longer, 'x', 129);
+	longer[129] = '\0';
+	assert_int_equal(lock_call(st, u, longer, 0, false, NULL, NULL), MP_EINVAL);
+	assert_int_equal(lock_call(st, u, "s", 3600001, false, NULL, NULL), MP_EINVAL);
+	assert_int_equal(lock_call(st, u, "s", UINT64_MAX, false, NULL, NULL), MP_EINVAL);
+	digest(st, shard_of(u), d1, &k1);
+	assert_int_equal(k0, k1);
+	assert_memory_equal(d0, d1, 32);
+
+	/* the limits themselves are accepted */
+	longer[128] = '\0';
+	lock_granted(st, u, longer, 3600000);
+	lock_refused(st, u, "s", longer, 0);
+}
+
+/* A retried call answers what the first attempt answered. */
+static void test_lock_dedup(void **state)
+{
+	struct store *st = *state;
+	const char *u = "pop@example.test";
+	Merpati__V1__MaildropLockReply *a = NULL, *b = NULL;
+	mk_domain(st, "example.test");
+	assert_int_equal(mk_user(st, u), 0);
+
+	assert_int_equal(lock_call(st, u, "s1", 0, false, "lk-1", &a), 0);
+	assert_true(a->granted);
+	wait_past(a->until_ms - 60000 + 2);
+	assert_int_equal(lock_call(st, u, "s1", 0, false, "lk-1", &b), 0);
+	assert_true(b->granted);
+	assert_int_equal(a->until_ms, b->until_ms);  /* not renewed again */
+	FREE(a);
+	FREE(b);
+
+	/* a refusal is remembered as a refusal, even once the lock is free */
+	assert_int_equal(lock_call(st, u, "s2", 0, false, "lk-2", &a), 0);
+	assert_false(a->granted);
+	assert_string_equal(a->holder, "s1");
+	lock_release(st, u, "s1");
+	assert_int_equal(lock_call(st, u, "s2", 0, false, "lk-2", &b), 0);
+	assert_false(b->granted);
+	assert_string_equal(b->holder, "s1");
+	assert_int_equal(a->until_ms, b->until_ms);
+	FREE(a);
+	FREE(b);
+	/* ... and a fresh request takes it */
+	lock_granted(st, u, "s2", 0);
+
+	/* a retried release does not release a lock taken since */
+	assert_int_equal(lock_call(st, u, "s2", 0, true, "lk-3", NULL), 0);
+	lock_granted(st, u, "s3", 0);
+	assert_int_equal(lock_call(st, u, "s2", 0, true, "lk-3", &a), 0);
+	assert_true(a->granted);
+	FREE(a);
+	lock_refused(st, u, "s2", "s3", 0);
+}
+
+/* The lock is durable, and goes with its account. */
+static void test_lock_reopen_and_delete(void **state)
+{
+	struct store *st = *state;
+	const char *u = "pop@example.test";
+	mk_domain(st, "example.test");
+	assert_int_equal(mk_user(st, u), 0);
+	uint64_t until = lock_granted(st, u, "s1", 0);
+	store_close(&st);
+	st = open_dir(dir);
+	*state = st;
+	lock_refused(st, u, "s2", "s1", until);
+
+	uint8_t d0[32];
+	uint64_t k0, k1;
+	digest(st, shard_of(u), d0, &k0);
+	Merpati__V1__UserRequest dq = MERPATI__V1__USER_REQUEST__INIT;
+	dq.user = (char *)u;
+	assert_int_equal(call(st, STORE_DELETE_ACCOUNT, &dq, NULL, NULL), 0);
+	assert_int_equal(lock_call(st, u, "s2", 0, false, NULL, NULL), MP_ENOENT);
+	assert_int_equal(mk_user(st, u), 0);
+	lock_granted(st, u, "s2", 0);
+	/* nothing of the old account is left but what a new one has */
+	digest(st, shard_of(u), d0, &k1);
+	assert_int_equal(k0, k1);
+}
+
+/* The lock travels with replication and shard snapshots; a new leader
+ * (the snapshot copy) refuses a second session. */
+static void test_lock_replication(void **state)
+{
+	struct store *st = *state;
+	char dir2[256], dir3[256];
+	const char *u = "pop@example.test";
+	uint32_t s = shard_of(u);
+
+	snprintf(dir2, sizeof(dir2), "/tmp/merpati-test-lock2-XXXXXX");
+	assert_non_null(mkdtemp(dir2));
+	follower = open_dir(dir2);
+	store_set_cluster(st, true);
+	store_set_cluster(follower, true);
+	for (uint32_t i = 0; i < SHARDS; i++) {
+		store_set_role(st, i, STORE_ROLE_LEADER, 2, "t");
+		store_set_role(follower, i, STORE_ROLE_FOLLOWER, 2, "t");
+	}
+	store_set_replicator(st, replicate, NULL);
+	mk_domain(st, "example.test");
+	assert_int_equal(mk_user(st, u), 0);
+
+	uint8_t before[32], d1[32], d2[32];
+	uint64_t kb, k1, k2;
+	digest(st, s, before, &kb);
+	uint64_t until = lock_granted(st, u, "fe1:s", 0);
+	digest(st, s, d1, &k1);
+	digest(follower, s, d2, &k2);
+	assert_int_equal(k1, kb + 1);
+	assert_int_equal(k1, k2);
+	assert_memory_equal(d1, d2, 32);
+	/* the follower does not serve it */
+	assert_int_equal(lock_call(follower, u, "x", 0, false, NULL, NULL), MP_ENOTLEADER);
+
+	snprintf(dir3, sizeof(dir3), "/tmp/merpati-test-lock3-XXXXXX");
+	assert_non_null(mkdtemp(dir3));
+	struct store *b = open_dir(dir3);
+	assert_int_equal(store_snapshot_begin(b, s), 0);
+	struct snap_copy sc = { b, s, 0 };
+	uint64_t epoch, lsn;
+	assert_int_equal(store_snapshot_read(st, s, snap_copy_emit, &sc, &epoch, &lsn), 0);
+	assert_int_equal(store_snapshot_end(b, s, epoch, lsn), 0);
+	digest(b, s, d2, &k2);
+	assert_int_equal(k1, k2);
+	assert_memory_equal(d1, d2, 32);
+	store_set_cluster(b, true);
+	store_set_role(b, s, STORE_ROLE_LEADER, 3, "b");
+	lock_refused(b, u, "fe2:s", "fe1:s", until);
+
+	/* a release on the leader reaches the follower */
+	lock_release(st, u, "fe1:s");
+	digest(st, s, d1, &k1);
+	digest(follower, s, d2, &k2);
+	assert_int_equal(k1, kb);
+	assert_int_equal(k1, k2);
+	assert_memory_equal(d1, d2, 32);
+	assert_memory_equal(before, d1, 32);
+
+	store_close(&b);
+	store_close(&follower);
+	rm_dir(dir2);
+	rm_dir(dir3);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1101,6 +1390,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_queue_dedup, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_queue_not_leader, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_replication_and_snapshot, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lock_grant_renew_release, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lock_expiry, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lock_invalid, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lock_dedup, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lock_reopen_and_delete, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lock_replication, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

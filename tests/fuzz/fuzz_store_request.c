@@ -63,6 +63,7 @@ static const ProtobufCMessageDescriptor *req_desc[STORE_OP_COUNT] = {
 	[STORE_QUEUE_GET] = &merpati__v1__queue_id_request__descriptor,
 	[STORE_QUEUE_DELETE] = &merpati__v1__queue_id_request__descriptor,
 	[STORE_QUEUE_RETRY] = &merpati__v1__queue_id_request__descriptor,
+	[STORE_MAILDROP_LOCK] = &merpati__v1__maildrop_lock_request__descriptor,
 };
 
 struct wait {
