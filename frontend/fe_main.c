@@ -30,6 +30,7 @@
 #include "mp_scram.h"
 #include "smtp_server.h"
 #include "imap_server.h"
+#include "pop3_server.h"
 #include "fe_watch.h"
 
 #define FE_MAX_CERTS 16
@@ -47,6 +48,10 @@ struct fe_conf {
 	char *imap_listen;
 	char *imaps_listen;
 	uint64_t imap_idle_timeout;
+	char *pop3_listen;
+	char *pop3s_listen;
+	uint64_t pop3_idle_timeout;
+	uint64_t pop3_lock_lease;
 	char *tls_cert;
 	char *tls_key;
 	char *tls_sni;
@@ -100,6 +105,16 @@ static const struct mp_config_opt opts[] = {
 	{ "imap_idle_timeout", MP_CONF_DURATION, O(imap_idle_timeout), "30m",
 	  "time an IMAP client may stay silent (RFC 9051 §5.4: at least 30 min)", 1000,
 	  86400000 },
+	{ "pop3_listen", MP_CONF_STRING, O(pop3_listen), "",
+	  "addresses for POP3 with STLS (port 110 role)", 0, 0 },
+	{ "pop3s_listen", MP_CONF_STRING, O(pop3s_listen), "",
+	  "addresses for POP3 over implicit TLS (port 995 role)", 0, 0 },
+	{ "pop3_idle_timeout", MP_CONF_DURATION, O(pop3_idle_timeout), "10m",
+	  "time a POP3 client may stay silent (RFC 1939 §3: at least 10 min)", 1000,
+	  86400000 },
+	{ "pop3_lock_lease", MP_CONF_DURATION, O(pop3_lock_lease), "60s",
+	  "lease of a POP3 session's maildrop lock (renewed; how long a dead "
+	  "frontend's lock lasts)", 1000, 3600000 },
 	{ "tls_cert", MP_CONF_STRING, O(tls_cert), NULL,
 	  "PEM certificate chain of the default TLS certificate", 0, 0 },
 	{ "tls_key", MP_CONF_STRING, O(tls_key), NULL, "PEM key of tls_cert", 0, 0 },
@@ -307,6 +322,7 @@ int main(int argc, char **argv)
 	struct fe_server *srv = NULL;
 	struct fe_queue *queue = NULL;
 	struct fe_watch *watch = NULL;
+	struct pop3_releaser *releaser = NULL;
 	int rc = 1;
 	char eprefix[128];
 	snprintf(eprefix, sizeof(eprefix), "/merpati/%s/", conf.cluster);
@@ -383,6 +399,28 @@ int main(int argc, char **argv)
 	    add_listeners(srv, conf.imaps_listen, FE_TLS_IMPLICIT, &imap_proto, &imap,
 			  "imaps") < 0)
 		goto out;
+	if ((ret = pop3_releaser_start(store, &releaser)) < 0)
+		goto out;
+	char pop3_owner[400];
+	uint8_t prnd[6];
+	if (mp_random_bytes(prnd, sizeof(prnd)) != 0)
+		memset(prnd, 0, sizeof(prnd));
+	snprintf(pop3_owner, sizeof(pop3_owner), "%.64s:%d:%02x%02x%02x%02x%02x%02x", host,
+		 (int)getpid(), prnd[0], prnd[1], prnd[2], prnd[3], prnd[4], prnd[5]);
+	struct pop3_conf pop3 = {
+		.hostname = host,
+		.owner_prefix = pop3_owner,
+		.allow_plaintext_auth = conf.allow_plaintext_auth,
+		.max_errors = conf.max_errors,
+		.idle_timeout_ms = conf.pop3_idle_timeout,
+		.lock_lease_ms = conf.pop3_lock_lease,
+		.store = store,
+		.releaser = releaser,
+	};
+	if (add_listeners(srv, conf.pop3_listen, FE_TLS_NONE, &pop3_proto, &pop3, "pop3") < 0 ||
+	    add_listeners(srv, conf.pop3s_listen, FE_TLS_IMPLICIT, &pop3_proto, &pop3,
+			  "pop3s") < 0)
+		goto out;
 	if ((ret = fe_server_start(srv, &error)) < 0) {
 		mp_log_error("fe_start_failed", "error=\"%s\"", error != NULL ? error : mp_strerror(ret));
 		goto out;
@@ -442,6 +480,7 @@ int main(int argc, char **argv)
 out:
 	fe_queue_stop(&queue);
 	fe_server_free(&srv);
+	pop3_releaser_stop(&releaser);
 	fe_watch_stop(&watch);
 	fe_tls_free(&tls);
 	fe_store_free(&store);

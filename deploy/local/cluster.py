@@ -348,7 +348,8 @@ class Frontend(Proc):
     # (role, the flag that sets its address), in the order of set_ports().
     ROLES = (("smtp", "--smtp_listen"), ("submission", "--submission_listen"),
              ("submissions", "--submissions_listen"),
-             ("imap", "--imap_listen"), ("imaps", "--imaps_listen"))
+             ("imap", "--imap_listen"), ("imaps", "--imaps_listen"),
+             ("pop3", "--pop3_listen"), ("pop3s", "--pop3s_listen"))
 
     def __init__(self, base, index):
         super().__init__(base, f"frontend{index}")
@@ -630,6 +631,10 @@ def write_env(base, nodes, build_dir, etcd=None, frontends=None):
          " ".join(str(f.port("imap")) for f in frontends)),
         ("FRONTEND_IMAPS_PORTS",
          " ".join(str(f.port("imaps")) for f in frontends)),
+        ("FRONTEND_POP3_PORTS",
+         " ".join(str(f.port("pop3")) for f in frontends)),
+        ("FRONTEND_POP3S_PORTS",
+         " ".join(str(f.port("pop3s")) for f in frontends)),
         ("FRONTEND_LOGS", " ".join(f.log for f in frontends)),
         ("FRONTEND_DIRS", " ".join(f.dir for f in frontends)),
     ]
@@ -639,6 +644,8 @@ def write_env(base, nodes, build_dir, etcd=None, frontends=None):
                 ("SUBMISSIONS_PORT", str(frontends[0].port("submissions"))),
                 ("IMAP_PORT", str(frontends[0].port("imap"))),
                 ("IMAPS_PORT", str(frontends[0].port("imaps"))),
+                ("POP3_PORT", str(frontends[0].port("pop3"))),
+                ("POP3S_PORT", str(frontends[0].port("pop3s"))),
                 ("TLS_CA", tls_paths(base)["ca"])]
     tmp = os.path.join(base, "cluster.env.tmp")
     with open(tmp, "w") as f:

@@ -26,7 +26,7 @@ What a Cluster offers (nodes are numbered from 0: node0, node1, ...):
 and its frontends (frontend0, frontend1, ...; i defaults to 0):
 
     .smtp_port(i), .submission_port(i), .submissions_port(i), .imap_port(i),
-    .imaps_port(i)
+    .imaps_port(i), .pop3_port(i), .pop3s_port(i)
     .tls_ca                 the CA file that verifies the frontends'
                             certificate (for "localhost" and 127.0.0.1)
     .frontend_pid(i), .frontend_log(i), .frontend_pids
@@ -147,7 +147,9 @@ class Cluster:
                               ("submission", "FRONTEND_SUBMISSION_PORTS"),
                               ("submissions", "FRONTEND_SUBMISSIONS_PORTS"),
                               ("imap", "FRONTEND_IMAP_PORTS"),
-                              ("imaps", "FRONTEND_IMAPS_PORTS"))}
+                              ("imaps", "FRONTEND_IMAPS_PORTS"),
+                              ("pop3", "FRONTEND_POP3_PORTS"),
+                              ("pop3s", "FRONTEND_POP3S_PORTS"))}
         self.tls_ca = self.env.get("TLS_CA")
 
     # ------------------------------------------------------------ clients
@@ -256,6 +258,12 @@ class Cluster:
 
     def imaps_port(self, i=0):
         return self._fe_ports["imaps"][i]
+
+    def pop3_port(self, i=0):
+        return self._fe_ports["pop3"][i]
+
+    def pop3s_port(self, i=0):
+        return self._fe_ports["pop3s"][i]
 
     def frontend_pid(self, i=0):
         return self.frontend_pids[i]
