@@ -54,6 +54,7 @@ struct pop3_sess {
 	char *user_arg;            /* USER's argument */
 	struct fe_auth *auth;
 	bool in_auth;              /* reading SASL response lines */
+	bool skipping;             /* dropping the rest of an over-long line */
 	char *user;                /* authenticated, normalised */
 	uint32_t shard;
 
@@ -916,11 +917,23 @@ static void sess_process(struct pop3_sess *s)
 		if (data == NULL)
 			return;
 		const char *nl = memchr(data, '\n', look);
+		if (s->skipping) {
+			/* the rest of an over-long line: dropped up to its end */
+			size_t drop = nl ? (size_t)(nl - data) + 1 : look;
+			evbuffer_drain(in, drop);
+			if (nl != NULL)
+				s->skipping = false;
+			continue;
+		}
 		if (nl == NULL) {
 			if (look < max + 2)
 				return; /* wait for the rest of the line */
-			close_with(s, "-ERR Line too long");
-			return;
+			/* RFC 2449 §4: -ERR, and the next command starts after
+			 * this line's end */
+			evbuffer_drain(in, look);
+			s->skipping = true;
+			err_reply(s, "Line too long");
+			continue;
 		}
 		size_t used = (size_t)(nl - data) + 1;
 		size_t ll = used - 1;
