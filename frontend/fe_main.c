@@ -401,15 +401,16 @@ int main(int argc, char **argv)
 		goto out;
 	if ((ret = pop3_releaser_start(store, &releaser)) < 0)
 		goto out;
-	char pop3_owner[400];
-	uint8_t prnd[6];
-	if (mp_random_bytes(prnd, sizeof(prnd)) != 0)
-		memset(prnd, 0, sizeof(prnd));
-	snprintf(pop3_owner, sizeof(pop3_owner), "%.64s:%d:%02x%02x%02x%02x%02x%02x", host,
-		 (int)getpid(), prnd[0], prnd[1], prnd[2], prnd[3], prnd[4], prnd[5]);
+	/* This process, for queue claims and maildrop locks. */
+	uint8_t rnd[6];
+	char owner[400];
+	if (mp_random_bytes(rnd, sizeof(rnd)) != 0)
+		memset(rnd, 0, sizeof(rnd));
+	snprintf(owner, sizeof(owner), "%.64s:%d:%02x%02x%02x%02x%02x%02x", host, (int)getpid(),
+		 rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
 	struct pop3_conf pop3 = {
 		.hostname = host,
-		.owner_prefix = pop3_owner,
+		.owner_prefix = owner,
 		.allow_plaintext_auth = conf.allow_plaintext_auth,
 		.max_errors = conf.max_errors,
 		.idle_timeout_ms = conf.pop3_idle_timeout,
@@ -425,12 +426,6 @@ int main(int argc, char **argv)
 		mp_log_error("fe_start_failed", "error=\"%s\"", error != NULL ? error : mp_strerror(ret));
 		goto out;
 	}
-	uint8_t rnd[6];
-	char owner[400];
-	if (mp_random_bytes(rnd, sizeof(rnd)) != 0)
-		memset(rnd, 0, sizeof(rnd));
-	snprintf(owner, sizeof(owner), "%s:%d:%02x%02x%02x%02x%02x%02x", host, (int)getpid(),
-		 rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
 	struct fe_queue_conf qc = {
 		.owner = owner,
 		.hostname = host,
