@@ -270,6 +270,9 @@ static void run_login(struct pop3_sess *s)
 	char *err = NULL;
 	int ret = lock_call(s->conf->store, s->user, s->owner, s->conf->lock_lease_ms, false,
 			    &granted, &err);
+	if (ret < 0)
+		mp_log_warn("pop3_lock_failed", "user=%s error=\"%s\"", s->user,
+			    err ? err : mp_strerror(ret));
 	free(err);
 	err = NULL;
 	if (ret < 0) {
@@ -295,6 +298,9 @@ static void run_login(struct pop3_sess *s)
 		ProtobufCMessage *resp = NULL;
 		ret = fe_store_call(s->conf->store, s->shard, PATH("FetchIndex"), &q.base,
 				    &merpati__v1__fetch_index_reply__descriptor, &resp, &err);
+		if (ret < 0)
+			mp_log_warn("pop3_list_failed", "user=%s error=\"%s\"", s->user,
+				    err ? err : mp_strerror(ret));
 		free(err);
 		err = NULL;
 		if (ret < 0)

@@ -55,6 +55,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
+
 #define MAX_CLIENTS 1000
 #define MAX_USERS 1000
 #define MAX_SAMPLES (1u << 20)     /* latency samples kept per command */
@@ -96,8 +98,8 @@ static struct opts O = {
 };
 
 struct cstat {
-	atomic_uint_fast64_t ok, err, nsamples;
-	double *samples;                /* owned; ms */
+	struct bench_lat lat;           /* completions and their latencies */
+	atomic_uint_fast64_t err;
 };
 static struct cstat S[C_N];
 static atomic_bool measuring;           /* off during --prefill and the warm-up */
@@ -108,33 +110,6 @@ static atomic_uint_fast64_t n_prefilled, n_prefill_errors;
 static atomic_uint_fast64_t n_ready;    /* clients past their first PASS */
 static atomic_uint_fast64_t n_timeouts; /* replies not seen within RECV_TIMEOUT_S */
 static atomic_uint_fast64_t n_finished; /* client threads done */
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_s(double s)
-{
-	if (s <= 0)
-		return;
-	struct timespec ts = { (time_t)s, (long)((s - (double)(time_t)s) * 1e9) };
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
-static uint64_t rng_next(uint64_t *st)
-{
-	/* xorshift64* */
-	uint64_t x = *st;
-	x ^= x >> 12;
-	x ^= x << 25;
-	x ^= x >> 27;
-	*st = x;
-	return x * 0x2545F4914F6CDD1Dull;
-}
 
 static bool stopped(void)
 {
@@ -235,10 +210,7 @@ static int conn_line(struct conn *c, const char **p, size_t *n)
 static int conn_open(struct conn *c, int port)
 {
 	struct sockaddr_in sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((uint16_t)port);
-	if (inet_pton(AF_INET, O.host, &sa.sin_addr) != 1)
+	if (bench_addr(&sa, O.host, port) < 0)
 		return -1;
 	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->fd < 0)
@@ -257,20 +229,6 @@ static int conn_open(struct conn *c, int port)
 	return 0;
 }
 
-static int send_all(int fd, const char *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /* Format a command + CRLF into c->cmd and send it. */
 __attribute__((format(printf, 2, 3)))
 static int conn_send(struct conn *c, const char *fmt, ...)
@@ -282,7 +240,7 @@ static int conn_send(struct conn *c, const char *fmt, ...)
 	if (n < 0 || (size_t)n >= sizeof(c->cmd) - 2)
 		return -1;
 	memcpy(c->cmd + n, "\r\n", 2);
-	return send_all(c->fd, c->cmd, (size_t)n + 2);
+	return bench_send_all(c->fd, c->cmd, (size_t)n + 2, 0);
 }
 
 static void keep_text(struct conn *c, const char *p, size_t n)
@@ -348,10 +306,7 @@ static void record(struct conn *c, enum cmd k, enum rstat st, double ms)
 	if (st == RS_OK) {
 		if (!atomic_load(&measuring))
 			return;
-		atomic_fetch_add(&cs->ok, 1);
-		uint64_t i = atomic_fetch_add(&cs->nsamples, 1);
-		if (i < MAX_SAMPLES)
-			cs->samples[i] = ms;
+		bench_lat_add(&cs->lat, ms);
 		return;
 	}
 	if (st != RS_ERR)
@@ -400,7 +355,7 @@ static int64_t announced_octets(const char *t)
 static int sess_run(struct sess *s)
 {
 	struct conn *c = &s->c;
-	double ts = now_s();
+	double ts = bench_now_s();
 	atomic_store(&c->what, "connect");
 	if (conn_open(c, O.port) < 0)
 		return -1;
@@ -412,7 +367,7 @@ static int sess_run(struct sess *s)
 	}
 
 	atomic_store(&c->what, cmd_name[C_USERPASS]);
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	if (conn_send(c, "USER %s", c->user) < 0)
 		return -1;
 	st = pop3_status(c);
@@ -421,7 +376,7 @@ static int sess_run(struct sess *s)
 			return -1;
 		st = pop3_status(c);
 	}
-	record(c, C_USERPASS, st, (now_s() - t0) * 1000.0);
+	record(c, C_USERPASS, st, (bench_now_s() - t0) * 1000.0);
 	if (st != RS_OK)
 		return st == RS_ERR ? 1 : -1;
 	if (!s->ready) {
@@ -430,23 +385,23 @@ static int sess_run(struct sess *s)
 	}
 
 	atomic_store(&c->what, cmd_name[C_UIDL]);
-	t0 = now_s();
+	t0 = bench_now_s();
 	if (conn_send(c, "UIDL") < 0)
 		return -1;
 	st = pop3_status(c);
 	s->nmsgs = 0;
 	if (st == RS_OK && pop3_multiline(c, uidl_line, s, NULL) < 0)
 		return -1;
-	record(c, C_UIDL, st, (now_s() - t0) * 1000.0);
+	record(c, C_UIDL, st, (bench_now_s() - t0) * 1000.0);
 	if (st != RS_OK)
 		return st == RS_ERR ? 1 : -1;
 	if (s->nmsgs == 0 && atomic_load(&measuring))
 		atomic_fetch_add(&n_empty_drops, 1);
 
 	for (unsigned i = 0; i < O.retrs && s->nmsgs > 0 && !stopped(); i++) {
-		uint32_t m = s->msgs[rng_next(&s->rng) % s->nmsgs];
+		uint32_t m = s->msgs[bench_rng_next(&s->rng) % s->nmsgs];
 		atomic_store(&c->what, cmd_name[C_RETR]);
-		t0 = now_s();
+		t0 = bench_now_s();
 		if (conn_send(c, "RETR %u", m) < 0)
 			return -1;
 		st = pop3_status(c);
@@ -466,17 +421,17 @@ static int sess_run(struct sess *s)
 				atomic_fetch_add(&n_retr_octets, got);
 			}
 		}
-		record(c, C_RETR, st, (now_s() - t0) * 1000.0);
+		record(c, C_RETR, st, (bench_now_s() - t0) * 1000.0);
 		if (st == RS_FAIL)
 			return -1;
 	}
 
 	atomic_store(&c->what, cmd_name[C_QUIT]);
-	t0 = now_s();
+	t0 = bench_now_s();
 	if (conn_send(c, "QUIT") < 0)
 		return -1;
 	st = pop3_status(c);
-	double t1 = now_s();
+	double t1 = bench_now_s();
 	record(c, C_QUIT, st, (t1 - t0) * 1000.0);
 	conn_close(c);
 	if (st != RS_OK)
@@ -497,7 +452,7 @@ static void *client_thread(void *arg)
 		}
 		conn_close(&s->c);
 		if (r != 0)
-			sleep_s(0.1);
+			bench_sleep_s(0.1);
 	}
 	atomic_fetch_add(&n_finished, 1);
 	return NULL;
@@ -537,25 +492,6 @@ static enum rstat imap_wait(struct conn *c, const char *tag, bool want_cont, uin
 	}
 }
 
-/* "s" quoted for IMAP (RFC 3501 §4.3); -1 if it does not fit. */
-static int quote(char *dst, size_t cap, const char *s)
-{
-	size_t k = 0;
-	if (cap < 3)
-		return -1;
-	dst[k++] = '"';
-	for (; *s != '\0'; s++) {
-		if (k + 4 > cap)
-			return -1;
-		if (*s == '"' || *s == '\\')
-			dst[k++] = '\\';
-		dst[k++] = *s;
-	}
-	dst[k++] = '"';
-	dst[k] = '\0';
-	return 0;
-}
-
 /* A message of about O.size octets for user; *len_r its length. Pseudo-
  * random text in 78-octet lines; every 8th line starts with "." (so that
  * RETR has to dot-stuff). NULL if out of memory. */
@@ -572,7 +508,7 @@ static char *make_msg(const char *user, unsigned seq, uint64_t *rng, size_t *len
 			 "Message-ID: <%016" PRIx64 ".%u@bench.test>\r\n"
 			 "MIME-Version: 1.0\r\n"
 			 "Content-Type: text/plain; charset=us-ascii\r\n\r\n",
-			 user, seq, rng_next(rng), seq);
+			 user, seq, bench_rng_next(rng), seq);
 	if (n < 0 || n >= 1024) {
 		free(m);
 		return NULL;
@@ -582,7 +518,7 @@ static char *make_msg(const char *user, unsigned seq, uint64_t *rng, size_t *len
 	size_t len = (size_t)n;
 	for (unsigned line = 0; len + 78 <= O.size; line++) {
 		for (int i = 0; i < 76; i++)
-			m[len + (size_t)i] = b64[rng_next(rng) & 63];
+			m[len + (size_t)i] = b64[bench_rng_next(rng) & 63];
 		if (line % 8 == 3)
 			m[len] = '.';
 		memcpy(m + len + 76, "\r\n", 2);
@@ -597,7 +533,8 @@ static int prefill_user(struct sess *s)
 {
 	struct conn *c = &s->c;
 	char qu[600], qp[600];
-	if (quote(qu, sizeof(qu), c->user) < 0 || quote(qp, sizeof(qp), O.password) < 0)
+	if (bench_quote(qu, sizeof(qu), c->user) < 0 ||
+	    bench_quote(qp, sizeof(qp), O.password) < 0)
 		return -1;
 	if (conn_open(c, O.imap_port) < 0)
 		return -1;
@@ -618,7 +555,8 @@ static int prefill_user(struct sess *s)
 		int r = conn_send(c, "p3 APPEND INBOX {%zu}", len);
 		enum rstat st = r < 0 ? RS_FAIL : imap_wait(c, "p3", true, NULL);
 		if (st == RS_OK)
-			st = send_all(c->fd, m, len) < 0 || send_all(c->fd, "\r\n", 2) < 0
+			st = bench_send_all(c->fd, m, len, 0) < 0 ||
+					     bench_send_all(c->fd, "\r\n", 2, 0) < 0
 				     ? RS_FAIL
 				     : imap_wait(c, "p3", false, NULL);
 		free(m);
@@ -648,7 +586,7 @@ static void *prefill_thread(void *arg)
 	for (unsigned attempt = 0; attempt < 3; attempt++) {
 		if (prefill_user(s) == 0)
 			return NULL;
-		sleep_s(0.2);
+		bench_sleep_s(0.2);
 	}
 	atomic_fetch_add(&n_prefill_errors, 1);
 	return NULL;
@@ -664,7 +602,7 @@ static int sess_init(struct sess *s, unsigned idx, const char *user)
 	s->c.fd = -1;
 	atomic_init(&s->c.live_fd, -1);
 	s->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)idx * 0x100000001B3ull) ^
-		 (uint64_t)(now_s() * 1e9);
+		 (uint64_t)(bench_now_s() * 1e9);
 	if (s->rng == 0)
 		s->rng = 1;
 	s->c.rbuf = malloc(RBUF);
@@ -709,14 +647,14 @@ static int run_prefill(void)
 		free(th);
 		return -1;
 	}
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	unsigned started;
 	int ret = run_threads(ss, th, n, prefill_thread, &started);
 	for (unsigned i = 0; i < started; i++) {
 		pthread_join(th[i], NULL);
 		sess_free(&ss[i]);
 	}
-	double el = now_s() - t0;
+	double el = bench_now_s() - t0;
 	uint64_t done = atomic_load(&n_prefilled);
 	printf("prefill users=%u per_user=%u appended=%" PRIu64 " seconds=%.1f appends_per_s=%.0f"
 	       " errors=%" PRIu64 "\n",
@@ -727,66 +665,40 @@ static int run_prefill(void)
 	return ret < 0 || atomic_load(&n_prefill_errors) > 0 ? -1 : 0;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static void print_header(void)
-{
-	struct utsname u;
-	double load[3] = { 0, 0, 0 };
-	char when[32] = "?";
-	time_t t = time(NULL);
-	struct tm tm;
-	if (gmtime_r(&t, &tm) != NULL)
-		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	if (uname(&u) < 0)
-		memset(&u, 0, sizeof(u));
-	if (getloadavg(load, 3) != 3)
-		load[0] = load[1] = load[2] = -1;
-	printf("# mp-bench-pop3 mode=load label=%s date=%s machine=%s nproc=%ld host=%s "
-	       "loadavg=%.2f,%.2f,%.2f\n",
-	       O.label, when, u.machine, sysconf(_SC_NPROCESSORS_ONLN), u.nodename, load[0],
-	       load[1], load[2]);
-}
-
 static int run_load(void)
 {
 	for (int k = 0; k < C_N; k++) {
-		S[k].samples = calloc(MAX_SAMPLES, sizeof(double));
-		if (S[k].samples == NULL)
+		if (bench_lat_init(&S[k].lat, MAX_SAMPLES) < 0)
 			return 1;
 	}
-	print_header();
+	bench_print_header("mp-bench-pop3", "load", O.label);
 	if (O.prefill > 0 && run_prefill() < 0)
 		fprintf(stderr, "mp-bench-pop3: prefill incomplete\n");
 	struct sess *ss = calloc(O.clients, sizeof(*ss));
 	pthread_t *th = calloc(O.clients, sizeof(*th));
 	if (ss == NULL || th == NULL)
 		return 1;
-	double tw = now_s();
+	double tw = bench_now_s();
 	unsigned started;
 	run_threads(ss, th, O.clients, client_thread, &started);
 	/* Warm-up: the clients' first logins all arrive at once and hash their
 	 * passwords together; the measurement starts once every client is in. */
 	while (started == O.clients && atomic_load(&n_ready) < O.clients &&
-	       atomic_load(&S[C_USERPASS].err) == 0 && now_s() - tw < WARMUP_MAX_S)
-		sleep_s(0.05);
-	double t0 = now_s();
+	       atomic_load(&S[C_USERPASS].err) == 0 && bench_now_s() - tw < WARMUP_MAX_S)
+		bench_sleep_s(0.05);
+	double t0 = bench_now_s();
 	printf("# warmup: %" PRIu64 " of %u clients logged in after %.2f s\n",
 	       (uint64_t)atomic_load(&n_ready), O.clients, t0 - tw);
 	atomic_store(&measuring, true);
 	if (started == O.clients)
-		sleep_s(O.seconds);
+		bench_sleep_s(O.seconds);
 	/* The window ends here: what completes later is not counted. */
 	atomic_store(&measuring, false);
 	atomic_store(&stop_flag, true);
-	double el = now_s() - t0;
-	double tg = now_s();
-	while (atomic_load(&n_finished) < started && now_s() - tg < STOP_GRACE_S)
-		sleep_s(0.02);
+	double el = bench_now_s() - t0;
+	double tg = bench_now_s();
+	while (atomic_load(&n_finished) < started && bench_now_s() - tg < STOP_GRACE_S)
+		bench_sleep_s(0.02);
 	uint64_t busy = started - atomic_load(&n_finished);
 	if (busy > 0) {
 		printf("# stop: %" PRIu64 " clients still busy %.0f s after the end; "
@@ -809,19 +721,16 @@ static int run_load(void)
 	uint64_t errs = 0;
 	for (int k = 0; k < C_N; k++) {
 		struct cstat *cs = &S[k];
-		uint64_t ns = atomic_load(&cs->nsamples);
-		if (ns > MAX_SAMPLES)
-			ns = MAX_SAMPLES;
-		qsort(cs->samples, ns, sizeof(double), cmp_d);
-		double p50 = ns ? cs->samples[ns / 2] : 0, p99 = ns ? cs->samples[(ns * 99) / 100] : 0;
-		uint64_t ok = atomic_load(&cs->ok);
+		double p50, p99;
+		bench_lat_pct(&cs->lat, &p50, &p99);
+		uint64_t ok = atomic_load(&cs->lat.ok);
 		errs += atomic_load(&cs->err);
 		printf("result label=%s clients=%u cmd=%s ops=%" PRIu64 " ops_per_s=%.1f "
 		       "p50_ms=%.2f p99_ms=%.2f err=%" PRIu64 "\n",
 		       O.label, O.clients, cmd_name[k], ok, (double)ok / el, p50, p99,
 		       (uint64_t)atomic_load(&cs->err));
 	}
-	uint64_t sessions = atomic_load(&S[C_SESSION].ok);
+	uint64_t sessions = atomic_load(&S[C_SESSION].lat.ok);
 	uint64_t cerr = atomic_load(&n_conn_errors);
 	uint64_t tmo = atomic_load(&n_timeouts);
 	uint64_t mism = atomic_load(&n_size_mismatch);
@@ -831,15 +740,11 @@ static int run_load(void)
 	       O.label, O.clients, sessions, (double)sessions / el,
 	       (double)atomic_load(&n_retr_octets) / el / (1024.0 * 1024.0), errs, mism, cerr, tmo,
 	       busy, (uint64_t)atomic_load(&n_empty_drops));
-	double load[3];
-	if (getloadavg(load, 3) == 3)
-		printf("# loadavg_end=%.2f,%.2f,%.2f\n", load[0], load[1], load[2]);
+	bench_print_loadavg_end();
 	free(ss);
 	free(th);
-	for (int k = 0; k < C_N; k++) {
-		free(S[k].samples);
-		S[k].samples = NULL;
-	}
+	for (int k = 0; k < C_N; k++)
+		bench_lat_free(&S[k].lat);
 	return sessions > 0 && errs == 0 && cerr == 0 && tmo == 0 && busy == 0 ? 0 : 1;
 }
 
@@ -852,25 +757,6 @@ static void usage(void)
 		"       [--host 127.0.0.1] [--clients 10] [--seconds 10] [--retrs 10]\n"
 		"       [--imap-port N --prefill N] [--size 10240] [--label TEXT]\n"
 		"       (one user per client: --users names at least --clients users)\n");
-}
-
-static bool parse_uint(const char *s, unsigned long max, unsigned *v)
-{
-	char *end;
-	errno = 0;
-	unsigned long x = strtoul(s, &end, 10);
-	if (errno != 0 || end == s || *end != '\0' || x > max)
-		return false;
-	*v = (unsigned)x;
-	return true;
-}
-
-static bool no_ctl(const char *s)
-{
-	for (; *s != '\0'; s++)
-		if ((unsigned char)*s <= 0x20 || *s == 0x7f)
-			return false;
-	return true;
 }
 
 int main(int argc, char **argv)
@@ -891,15 +777,15 @@ int main(int argc, char **argv)
 	while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (ch) {
 		case 'h': O.host = optarg; break;
-		case 'p': ok = ok && parse_uint(optarg, 65535, &port); break;
-		case 'm': ok = ok && parse_uint(optarg, 65535, &iport); break;
-		case 'c': ok = ok && parse_uint(optarg, MAX_CLIENTS, &O.clients); break;
+		case 'p': ok = ok && bench_parse_uint(optarg, 65535, &port); break;
+		case 'm': ok = ok && bench_parse_uint(optarg, 65535, &iport); break;
+		case 'c': ok = ok && bench_parse_uint(optarg, MAX_CLIENTS, &O.clients); break;
 		case 't': O.seconds = atof(optarg); break;
-		case 's': ok = ok && parse_uint(optarg, 64u << 20, &size); break;
+		case 's': ok = ok && bench_parse_uint(optarg, 64u << 20, &size); break;
 		case 'u': userlist = optarg; break;
 		case 'w': O.password = optarg; break;
-		case 'f': ok = ok && parse_uint(optarg, MAX_PREFILL, &O.prefill); break;
-		case 'r': ok = ok && parse_uint(optarg, MAX_RETRS, &O.retrs); break;
+		case 'f': ok = ok && bench_parse_uint(optarg, MAX_PREFILL, &O.prefill); break;
+		case 'r': ok = ok && bench_parse_uint(optarg, MAX_RETRS, &O.retrs); break;
 		case 'l': O.label = optarg; break;
 		default: usage(); return 2;
 		}
@@ -915,11 +801,11 @@ int main(int argc, char **argv)
 	}
 	bool users_ok = O.nusers > 0;
 	for (unsigned i = 0; i < O.nusers; i++)
-		users_ok = users_ok && no_ctl(O.users[i]) && strlen(O.users[i]) < 256;
+		users_ok = users_ok && bench_no_ctl(O.users[i], false) && strlen(O.users[i]) < 256;
 	if (!ok || optind != argc || O.port == 0 || !users_ok || O.password == NULL ||
-	    O.password[0] == '\0' || !no_ctl(O.password) || strlen(O.password) >= 256 ||
-	    O.clients == 0 || O.seconds <= 0 || O.seconds > 86400 || O.size < 512 ||
-	    (O.prefill > 0 && O.imap_port == 0) || !no_ctl(O.label)) {
+	    O.password[0] == '\0' || !bench_no_ctl(O.password, false) ||
+	    strlen(O.password) >= 256 || O.clients == 0 || O.seconds <= 0 || O.seconds > 86400 ||
+	    O.size < 512 || (O.prefill > 0 && O.imap_port == 0) || !bench_no_ctl(O.label, false)) {
 		usage();
 		return 2;
 	}
