@@ -500,6 +500,11 @@ static void job_done(struct fe_job *j)
 			mp_log_info("pop3_login", "conn=%s user=%s messages=%zu", fe_conn_id(s->c),
 				    s->user, s->nmsgs);
 		} else {
+			if (s->locked) {
+				/* locked, but the list failed: give the lock back */
+				release_later(s->conf->releaser, s->user, s->owner);
+				s->locked = false;
+			}
 			free(s->user);
 			s->user = NULL;
 			s->errors++;
