@@ -266,6 +266,9 @@ static void set_text(struct pop3_sess *s, const char *fmt, ...)
 /* The login: the lock, then INBOX's list (worker). */
 static void run_login(struct pop3_sess *s)
 {
+	free(s->msgs);  /* what an earlier, failed login listed */
+	s->msgs = NULL;
+	s->nmsgs = 0;
 	bool granted = false;
 	char *err = NULL;
 	int ret = lock_call(s->conf->store, s->user, s->owner, s->conf->lock_lease_ms, false,

@@ -65,6 +65,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
+
 #define MAX_CLIENTS 1000
 #define MAX_USERS 1000
 #define MAX_NODE_PIDS 16
@@ -120,8 +122,8 @@ static struct opts O = {
 };
 
 struct cstat {
-	atomic_uint_fast64_t ok, no, bad, nsamples;
-	double *samples;                /* owned; ms */
+	struct bench_lat lat;           /* completions and their latencies */
+	atomic_uint_fast64_t no, bad;
 };
 static struct cstat S[C_N];
 static atomic_bool measuring;           /* off during --prefill and the warm-up */
@@ -131,33 +133,6 @@ static atomic_uint_fast64_t n_prefilled, n_prefill_errors;
 static atomic_uint_fast64_t n_ready;    /* clients past their first LOGIN */
 static atomic_uint_fast64_t n_timeouts; /* replies not seen within RECV_TIMEOUT_S */
 static atomic_uint_fast64_t n_finished; /* client threads done */
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_s(double s)
-{
-	if (s <= 0)
-		return;
-	struct timespec ts = { (time_t)s, (long)((s - (double)(time_t)s) * 1e9) };
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
-static uint64_t rng_next(uint64_t *st)
-{
-	/* xorshift64* */
-	uint64_t x = *st;
-	x ^= x >> 12;
-	x ^= x << 25;
-	x ^= x >> 27;
-	*st = x;
-	return x * 0x2545F4914F6CDD1Dull;
-}
 
 /* ------------------------------------------------------ response reader */
 
@@ -303,47 +278,6 @@ static enum rstat tagged_status(const struct seg *sg, size_t tag_len, char *text
 
 /* ---------------------------------------------------------- connection */
 
-static int make_addr(struct sockaddr_in *sa)
-{
-	memset(sa, 0, sizeof(*sa));
-	sa->sin_family = AF_INET;
-	sa->sin_port = htons((uint16_t)O.port);
-	return inet_pton(AF_INET, O.host, &sa->sin_addr) == 1 ? 0 : -1;
-}
-
-static int send_all(int fd, const char *p, size_t n, int flags)
-{
-	while (n > 0) {
-		ssize_t w = send(fd, p, n, MSG_NOSIGNAL | flags);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
-/* "s" quoted for IMAP (RFC 3501 §4.3: \ and " escaped); -1 if it does not fit. */
-static int quote(char *dst, size_t cap, const char *s)
-{
-	size_t k = 0;
-	if (cap < 3)
-		return -1;
-	dst[k++] = '"';
-	for (; *s != '\0'; s++) {
-		if (k + 4 > cap)
-			return -1;
-		if (*s == '"' || *s == '\\')
-			dst[k++] = '\\';
-		dst[k++] = *s;
-	}
-	dst[k++] = '"';
-	dst[k] = '\0';
-	return 0;
-}
-
 /* --------------------------------------------------------- load session */
 
 struct sess {
@@ -382,10 +316,7 @@ static void record(enum cmd k, enum rstat st, double ms, const char *text)
 	if (st == RS_OK) {
 		if (!atomic_load(&measuring))
 			return;
-		atomic_fetch_add(&c->ok, 1);
-		uint64_t i = atomic_fetch_add(&c->nsamples, 1);
-		if (i < MAX_SAMPLES)
-			c->samples[i] = ms;
+		bench_lat_add(&c->lat, ms);
 		return;
 	}
 	if (st == RS_NO)
@@ -473,7 +404,7 @@ static void sess_untagged(struct sess *s, const struct seg *sg)
 		if (s->nuids < MAX_UIDS) {
 			s->uids[s->nuids++] = (uint32_t)uid;
 		} else {
-			uint64_t j = rng_next(&s->rng) % s->uids_seen;
+			uint64_t j = bench_rng_next(&s->rng) % s->uids_seen;
 			if (j < MAX_UIDS)
 				s->uids[j] = (uint32_t)uid;
 		}
@@ -538,11 +469,11 @@ static enum rstat sess_cmd(struct sess *s, enum cmd k, const char *fmt, ...)
 	memcpy(s->cmd + len, "\r\n", 2);
 	len += 2;
 	s->r.literal_bytes = 0;
-	double t0 = now_s();
-	if (send_all(s->fd, s->cmd, len, 0) < 0)
+	double t0 = bench_now_s();
+	if (bench_send_all(s->fd, s->cmd, len, 0) < 0)
 		return RS_FAIL;
 	enum rstat st = sess_wait(s, false);
-	record(k, st, (now_s() - t0) * 1000.0, s->text);
+	record(k, st, (bench_now_s() - t0) * 1000.0, s->text);
 	return st;
 }
 
@@ -551,7 +482,7 @@ static enum rstat sess_cmd(struct sess *s, enum cmd k, const char *fmt, ...)
 static int sess_login(struct sess *s)
 {
 	struct sockaddr_in sa;
-	if (make_addr(&sa) < 0)
+	if (bench_addr(&sa, O.host, O.port) < 0)
 		return -1;
 	s->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (s->fd < 0)
@@ -584,7 +515,7 @@ static int sess_login(struct sess *s)
 	}
 	s->literal_plus = memmem(sg.p, sg.n, "LITERAL+", 8) != NULL;
 	char qu[600], qp[600];
-	if (quote(qu, sizeof(qu), O.users[s->user]) < 0 || quote(qp, sizeof(qp), O.password) < 0) {
+	if (bench_quote(qu, sizeof(qu), O.users[s->user]) < 0 || bench_quote(qp, sizeof(qp), O.password) < 0) {
 		sess_close(s);
 		return -1;
 	}
@@ -602,7 +533,7 @@ static void sess_logout(struct sess *s)
 	char line[32];
 	int n = snprintf(line, sizeof(line), "%sLOGOUT\r\n", s->tag);
 	atomic_store(&s->what, "LOGOUT");
-	if (send_all(s->fd, line, (size_t)n, 0) == 0)
+	if (bench_send_all(s->fd, line, (size_t)n, 0) == 0)
 		(void)sess_wait(s, false);
 	sess_close(s);
 }
@@ -612,7 +543,7 @@ static void sess_logout(struct sess *s)
 static void sess_new_token(struct sess *s)
 {
 	static const char hex[] = "0123456789abcdef";
-	uint64_t t = ((uint64_t)s->idx << 40) ^ (s->appended++ << 8) ^ (rng_next(&s->rng) >> 56);
+	uint64_t t = ((uint64_t)s->idx << 40) ^ (s->appended++ << 8) ^ (bench_rng_next(&s->rng) >> 56);
 	for (int i = 15; i >= 0; i--) {
 		s->msg[s->token_off + (size_t)i] = hex[t & 15];
 		t >>= 4;
@@ -628,28 +559,28 @@ static enum rstat sess_append(struct sess *s, uint32_t *uid_r)
 	char head[128];
 	int n = snprintf(head, sizeof(head), "%sAPPEND INBOX (\\Seen) {%zu%s}\r\n", s->tag,
 			 s->msg_len, s->literal_plus ? "+" : "");
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	enum rstat st;
 	atomic_store(&s->what, "APPEND");
 	if (s->literal_plus) {
-		if (send_all(s->fd, head, (size_t)n, MSG_MORE) < 0 ||
-		    send_all(s->fd, s->msg, s->msg_len, MSG_MORE) < 0 ||
-		    send_all(s->fd, "\r\n", 2, 0) < 0)
+		if (bench_send_all(s->fd, head, (size_t)n, MSG_MORE) < 0 ||
+		    bench_send_all(s->fd, s->msg, s->msg_len, MSG_MORE) < 0 ||
+		    bench_send_all(s->fd, "\r\n", 2, 0) < 0)
 			return RS_FAIL;
 		st = sess_wait(s, false);
 	} else {
 		/* RFC 3501 §7.5: wait for the "+" before sending the literal. */
-		if (send_all(s->fd, head, (size_t)n, 0) < 0)
+		if (bench_send_all(s->fd, head, (size_t)n, 0) < 0)
 			return RS_FAIL;
 		st = sess_wait(s, true);
 		if (st == RS_CONT) {
-			if (send_all(s->fd, s->msg, s->msg_len, MSG_MORE) < 0 ||
-			    send_all(s->fd, "\r\n", 2, 0) < 0)
+			if (bench_send_all(s->fd, s->msg, s->msg_len, MSG_MORE) < 0 ||
+			    bench_send_all(s->fd, "\r\n", 2, 0) < 0)
 				return RS_FAIL;
 			st = sess_wait(s, false);
 		}
 	}
-	record(C_APPEND, st, (now_s() - t0) * 1000.0, s->text);
+	record(C_APPEND, st, (bench_now_s() - t0) * 1000.0, s->text);
 	if (st == RS_OK) {
 		/* RFC 4315 §3: OK [APPENDUID uidvalidity uid] */
 		unsigned long v, u;
@@ -668,8 +599,8 @@ static enum rstat sess_idle(struct sess *s)
 	char line[32];
 	int n = snprintf(line, sizeof(line), "%sIDLE\r\n", s->tag);
 	atomic_store(&s->what, "IDLE");
-	double t0 = now_s();
-	if (send_all(s->fd, line, (size_t)n, 0) < 0)
+	double t0 = bench_now_s();
+	if (bench_send_all(s->fd, line, (size_t)n, 0) < 0)
 		return RS_FAIL;
 	enum rstat st = sess_wait(s, true);
 	if (st != RS_CONT) {
@@ -678,14 +609,14 @@ static enum rstat sess_idle(struct sess *s)
 			record(C_IDLE, st, 0, s->text);
 		return st == RS_OK ? RS_FAIL : st;
 	}
-	double wait0 = now_s();
-	sleep_s(O.idle_ms / 1000.0);
-	double wait1 = now_s();
+	double wait0 = bench_now_s();
+	bench_sleep_s(O.idle_ms / 1000.0);
+	double wait1 = bench_now_s();
 	atomic_store(&s->what, "IDLE's DONE");
-	if (send_all(s->fd, "DONE\r\n", 6, 0) < 0)
+	if (bench_send_all(s->fd, "DONE\r\n", 6, 0) < 0)
 		return RS_FAIL;
 	st = sess_wait(s, false);
-	record(C_IDLE, st, (now_s() - t0 - (wait1 - wait0)) * 1000.0, s->text);
+	record(C_IDLE, st, (bench_now_s() - t0 - (wait1 - wait0)) * 1000.0, s->text);
 	return st;
 }
 
@@ -714,14 +645,14 @@ static int sess_round(struct sess *s)
 		STEP(st);
 	}
 	for (unsigned i = 0; i < O.fetches && s->nuids > 0; i++) {
-		uint32_t uid = s->uids[rng_next(&s->rng) % s->nuids];
+		uint32_t uid = s->uids[bench_rng_next(&s->rng) % s->nuids];
 		enum rstat st = sess_cmd(s, C_FETCH_BODY, "UID FETCH %u BODY.PEEK[]", uid);
 		if (st == RS_OK && s->r.literal_bytes == 0 && atomic_load(&measuring))
 			atomic_fetch_add(&n_empty_fetches, 1); /* expunged meanwhile */
 		STEP(st);
 	}
 	if (s->nuids > 0) {
-		uint32_t uid = s->uids[rng_next(&s->rng) % s->nuids];
+		uint32_t uid = s->uids[bench_rng_next(&s->rng) % s->nuids];
 		STEP(sess_cmd(s, C_STORE, "UID STORE %u %cFLAGS (\\Flagged)", uid,
 			      s->flagged ? '-' : '+'));
 		STEP(sess_cmd(s, C_STORE, "UID STORE %u %cFLAGS (\\Flagged)", uid,
@@ -749,7 +680,7 @@ static int sess_init(struct sess *s, unsigned idx, unsigned user)
 	s->fd = -1;
 	atomic_init(&s->live_fd, -1);
 	s->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)idx * 0x100000001B3ull) ^
-		 (uint64_t)(now_s() * 1e9);
+		 (uint64_t)(bench_now_s() * 1e9);
 	if (s->rng == 0)
 		s->rng = 1;
 	if (rd_init(&s->r, RBUF_LOAD) < 0)
@@ -777,7 +708,7 @@ static int sess_init(struct sess *s, unsigned idx, unsigned user)
 		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 	while (len + 78 <= O.size) {
 		for (int i = 0; i < 76; i++)
-			s->msg[len + (size_t)i] = b64[rng_next(&s->rng) & 63];
+			s->msg[len + (size_t)i] = b64[bench_rng_next(&s->rng) & 63];
 		memcpy(s->msg + len + 76, "\r\n", 2);
 		len += 78;
 	}
@@ -809,7 +740,7 @@ static void *client_thread(void *arg)
 						"connect failed or no reply to %s\n", s->idx,
 						O.users[s->user], sess_what(s));
 			}
-			sleep_s(0.1);
+			bench_sleep_s(0.1);
 			continue;
 		}
 		/* The first session of each client is cut short at random, so the
@@ -819,7 +750,7 @@ static void *client_thread(void *arg)
 		if (!s->ready) {
 			s->ready = true;
 			atomic_fetch_add(&n_ready, 1);
-			rounds = 1 + (unsigned)(rng_next(&s->rng) % O.rounds_per_login);
+			rounds = 1 + (unsigned)(bench_rng_next(&s->rng) % O.rounds_per_login);
 		}
 		int r = 0;
 		for (unsigned i = 0; i < rounds && !stopped() && r == 0; i++)
@@ -834,7 +765,7 @@ static void *client_thread(void *arg)
 						s->bye ? " (after * BYE)" : "");
 			}
 			sess_close(s);
-			sleep_s(0.1);
+			bench_sleep_s(0.1);
 			continue;
 		}
 		sess_logout(s);
@@ -849,7 +780,7 @@ static void *prefill_thread(void *arg)
 	struct sess *s = arg;
 	for (unsigned attempt = 0; attempt < 5; attempt++) {
 		if (sess_login(s) < 0) {
-			sleep_s(0.2);
+			bench_sleep_s(0.2);
 			continue;
 		}
 		if (sess_cmd(s, C_SELECT, "SELECT INBOX") != RS_OK) {
@@ -893,7 +824,7 @@ static int run_prefill(void)
 		free(th);
 		return -1;
 	}
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	unsigned started = 0;
 	int ret = 0;
 	for (unsigned i = 0; i < n; i++) {
@@ -909,7 +840,7 @@ static int run_prefill(void)
 		pthread_join(th[i], NULL);
 		sess_free(&ss[i]);
 	}
-	double el = now_s() - t0;
+	double el = bench_now_s() - t0;
 	uint64_t done = atomic_load(&n_prefilled);
 	printf("prefill users=%u per_user=%u appended=%" PRIu64 " seconds=%.1f appends_per_s=%.0f"
 	       " errors=%" PRIu64 "\n",
@@ -921,46 +852,20 @@ static int run_prefill(void)
 	return ret < 0 || atomic_load(&n_prefill_errors) > 0 ? -1 : 0;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static void print_header(const char *mode)
-{
-	struct utsname u;
-	double load[3] = { 0, 0, 0 };
-	char when[32] = "?";
-	time_t t = time(NULL);
-	struct tm tm;
-	if (gmtime_r(&t, &tm) != NULL)
-		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	if (uname(&u) < 0)
-		memset(&u, 0, sizeof(u));
-	if (getloadavg(load, 3) != 3)
-		load[0] = load[1] = load[2] = -1;
-	printf("# mp-bench-imap mode=%s date=%s machine=%s nproc=%ld host=%s "
-	       "loadavg=%.2f,%.2f,%.2f\n",
-	       mode, when, u.machine, sysconf(_SC_NPROCESSORS_ONLN), u.nodename, load[0],
-	       load[1], load[2]);
-}
-
 static int run_load(void)
 {
 	for (int k = 0; k < C_N; k++) {
-		S[k].samples = calloc(MAX_SAMPLES, sizeof(double));
-		if (S[k].samples == NULL)
+		if (bench_lat_init(&S[k].lat, MAX_SAMPLES) < 0)
 			return 1;
 	}
-	print_header("load");
+	bench_print_header("mp-bench-imap", "load", NULL);
 	if (O.prefill > 0 && run_prefill() < 0)
 		fprintf(stderr, "mp-bench-imap: prefill incomplete\n");
 	struct sess *ss = calloc(O.clients, sizeof(*ss));
 	pthread_t *th = calloc(O.clients, sizeof(*th));
 	if (ss == NULL || th == NULL)
 		return 1;
-	double tw = now_s();
+	double tw = bench_now_s();
 	unsigned started = 0;
 	for (unsigned i = 0; i < O.clients; i++) {
 		if (sess_init(&ss[i], i, i % O.nusers) < 0 ||
@@ -975,21 +880,21 @@ static int run_load(void)
 	 * passwords together; the measurement starts once every client is in. */
 	while (started == O.clients && atomic_load(&n_ready) < O.clients &&
 	       atomic_load(&S[C_LOGIN].no) + atomic_load(&S[C_LOGIN].bad) == 0 &&
-	       now_s() - tw < WARMUP_MAX_S)
-		sleep_s(0.05);
-	double t0 = now_s();
+	       bench_now_s() - tw < WARMUP_MAX_S)
+		bench_sleep_s(0.05);
+	double t0 = bench_now_s();
 	printf("# warmup: %" PRIu64 " of %u clients logged in after %.2f s\n",
 	       (uint64_t)atomic_load(&n_ready), O.clients, t0 - tw);
 	atomic_store(&measuring, true);
 	if (started == O.clients)
-		sleep_s(O.seconds);
+		bench_sleep_s(O.seconds);
 	/* The window ends here: what completes later is not counted. */
 	atomic_store(&measuring, false);
 	atomic_store(&stop_flag, true);
-	double el = now_s() - t0;
-	double tg = now_s();
-	while (atomic_load(&n_finished) < started && now_s() - tg < STOP_GRACE_S)
-		sleep_s(0.02);
+	double el = bench_now_s() - t0;
+	double tg = bench_now_s();
+	while (atomic_load(&n_finished) < started && bench_now_s() - tg < STOP_GRACE_S)
+		bench_sleep_s(0.02);
 	uint64_t busy = started - atomic_load(&n_finished);
 	if (busy > 0) {
 		/* A client still waiting for a reply after the grace: end it now
@@ -1015,12 +920,9 @@ static int run_load(void)
 	uint64_t all = 0, no = 0, bad = 0;
 	for (int k = 0; k < C_N; k++) {
 		struct cstat *c = &S[k];
-		uint64_t ns = atomic_load(&c->nsamples);
-		if (ns > MAX_SAMPLES)
-			ns = MAX_SAMPLES;
-		qsort(c->samples, ns, sizeof(double), cmp_d);
-		double p50 = ns ? c->samples[ns / 2] : 0, p99 = ns ? c->samples[(ns * 99) / 100] : 0;
-		uint64_t ok = atomic_load(&c->ok);
+		double p50, p99;
+		bench_lat_pct(&c->lat, &p50, &p99);
+		uint64_t ok = atomic_load(&c->lat.ok);
 		all += ok;
 		no += atomic_load(&c->no);
 		bad += atomic_load(&c->bad);
@@ -1037,15 +939,11 @@ static int run_load(void)
 	       all, (double)all / el, (uint64_t)atomic_load(&n_rounds),
 	       (double)atomic_load(&n_rounds) / el, no, bad, cerr, tmo, busy,
 	       (uint64_t)atomic_load(&n_empty_fetches));
-	double load[3];
-	if (getloadavg(load, 3) == 3)
-		printf("# loadavg_end=%.2f,%.2f,%.2f\n", load[0], load[1], load[2]);
+	bench_print_loadavg_end();
 	free(ss);
 	free(th);
-	for (int k = 0; k < C_N; k++) {
-		free(S[k].samples);
-		S[k].samples = NULL;
-	}
+	for (int k = 0; k < C_N; k++)
+		bench_lat_free(&S[k].lat);
 	return all > 0 && no == 0 && bad == 0 && cerr == 0 && tmo == 0 && busy == 0 ? 0 : 1;
 }
 
@@ -1156,9 +1054,9 @@ static int ic_start(struct idle_run *ir, unsigned i)
 	struct iconn *c = &ir->c[i];
 	struct sockaddr_in sa;
 	c->st = I_CONNECTING;
-	c->t0 = now_s();
+	c->t0 = bench_now_s();
 	ir->inflight++;
-	if (make_addr(&sa) < 0)
+	if (bench_addr(&sa, O.host, O.port) < 0)
 		goto fail;
 	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (c->fd < 0)
@@ -1193,8 +1091,8 @@ static int ic_segment(struct idle_run *ir, unsigned i, const struct seg *sg)
 		if (!seg_starts(sg, "* OK"))
 			return -1;
 		char qu[600], qp[600];
-		if (quote(qu, sizeof(qu), O.users[i % O.nusers]) < 0 ||
-		    quote(qp, sizeof(qp), O.password) < 0)
+		if (bench_quote(qu, sizeof(qu), O.users[i % O.nusers]) < 0 ||
+		    bench_quote(qp, sizeof(qp), O.password) < 0)
 			return -1;
 		snprintf(ir->login, sizeof(ir->login), "a1 LOGIN %s %s\r\n", qu, qp);
 		c->st = I_LOGIN;
@@ -1225,7 +1123,7 @@ static int ic_segment(struct idle_run *ir, unsigned i, const struct seg *sg)
 		if (sg->n < 1 || sg->p[0] != '+')
 			return -1;
 		c->st = I_IDLING;
-		ir->open_ms[ir->n_open++] = (now_s() - c->t0) * 1000.0;
+		ir->open_ms[ir->n_open++] = (bench_now_s() - c->t0) * 1000.0;
 		ir->inflight--;
 		return 0;
 	case I_IDLING:
@@ -1294,7 +1192,7 @@ static void idle_loop(struct idle_run *ir, unsigned from, unsigned to, double de
 	unsigned next = from;
 	struct epoll_event evs[256];
 	for (;;) {
-		double now = now_s();
+		double now = bench_now_s();
 		bool opening = next < to || ir->inflight > 0;
 		if (opening && now >= deadline) {
 			fprintf(stderr, "mp-bench-imap: deadline passed while opening\n");
@@ -1308,7 +1206,7 @@ static void idle_loop(struct idle_run *ir, unsigned from, unsigned to, double de
 			if (linger <= 0)
 				return;
 			deadline = now + linger;
-			while (now_s() < deadline) {
+			while (bench_now_s() < deadline) {
 				int n = epoll_wait(ir->ep, evs, 256, 100);
 				for (int k = 0; k < n; k++)
 					ic_event(ir, evs[k].data.u32, evs[k].events);
@@ -1338,34 +1236,34 @@ static int run_idle(void)
 		if (rd_init(&ir.c[i].r, RBUF_IDLE) < 0)
 			return 1;
 	}
-	print_header("idle");
+	bench_print_header("mp-bench-imap", "idle", NULL);
 	if (O.prefill > 0 && run_prefill() < 0)
 		fprintf(stderr, "mp-bench-imap: prefill incomplete\n");
 	long pid = O.frontend_pid;
-	sleep_s(pid > 0 ? IDLE_SETTLE_S : 0);
+	bench_sleep_s(pid > 0 ? IDLE_SETTLE_S : 0);
 	long rss0 = pid > 0 ? read_rss_kib(pid) : -1;
-	double t0 = now_s(), deadline = t0 + O.seconds;
+	double t0 = bench_now_s(), deadline = t0 + O.seconds;
 	unsigned half = n / 2;
 	idle_loop(&ir, 0, half, deadline, pid > 0 ? IDLE_SETTLE_S : 0);
 	long rss_half = pid > 0 ? read_rss_kib(pid) : -1;
 	unsigned open_half = ir.n_open;
 	idle_loop(&ir, half, n, deadline + (pid > 0 ? IDLE_SETTLE_S : 0), 0);
-	double el = now_s() - t0 - (pid > 0 ? IDLE_SETTLE_S : 0);
+	double el = bench_now_s() - t0 - (pid > 0 ? IDLE_SETTLE_S : 0);
 	idle_loop(&ir, n, n, deadline + 1e9, pid > 0 ? IDLE_SETTLE_S : 0);
 	long rss1 = pid > 0 ? read_rss_kib(pid) : -1;
 	unsigned opened = ir.n_open;
 	/* Hold them, then see how many are still idling; what the frontend
 	 * spends on connections that do nothing is worth knowing too. */
-	double cpu0 = pid > 0 ? read_cpu_s(pid) : -1, th0 = now_s();
+	double cpu0 = pid > 0 ? read_cpu_s(pid) : -1, th0 = bench_now_s();
 	double ncpu0 = O.nnode_pids > 0 ? nodes_cpu_s() : -1;
 	idle_loop(&ir, n, n, deadline + 1e9, O.hold);
-	double cpu1 = pid > 0 ? read_cpu_s(pid) : -1, th1 = now_s();
+	double cpu1 = pid > 0 ? read_cpu_s(pid) : -1, th1 = bench_now_s();
 	double ncpu1 = O.nnode_pids > 0 ? nodes_cpu_s() : -1;
 	long rss_hold = pid > 0 ? read_rss_kib(pid) : -1;
 	unsigned alive = 0;
 	for (unsigned i = 0; i < n; i++)
 		alive += ir.c[i].st == I_IDLING;
-	qsort(ir.open_ms, ir.n_open, sizeof(double), cmp_d);
+	qsort(ir.open_ms, ir.n_open, sizeof(double), bench_cmp_d);
 	double p50 = ir.n_open ? ir.open_ms[ir.n_open / 2] : 0;
 	double p99 = ir.n_open ? ir.open_ms[((size_t)ir.n_open * 99) / 100] : 0;
 	printf("# idle_conns=%u users=%u frontend_pid=%ld hold=%.1f\n", n, O.nusers, pid, O.hold);
@@ -1387,9 +1285,7 @@ static int run_idle(void)
 	if (ncpu0 >= 0 && ncpu1 >= 0 && th1 > th0)
 		printf("result mode=idle_nodes nodes=%u nodes_cpu_pct_during_hold=%.1f\n",
 		       O.nnode_pids, (ncpu1 - ncpu0) / (th1 - th0) * 100);
-	double load[3];
-	if (getloadavg(load, 3) == 3)
-		printf("# loadavg_end=%.2f,%.2f,%.2f\n", load[0], load[1], load[2]);
+	bench_print_loadavg_end();
 	fflush(stdout);
 	for (unsigned i = 0; i < n; i++) {
 		if (ir.c[i].fd >= 0)
@@ -1415,25 +1311,6 @@ static void usage(void)
 		"       [--seconds 300 (time to open them)]\n");
 }
 
-static bool parse_uint(const char *s, unsigned long max, unsigned *v)
-{
-	char *end;
-	errno = 0;
-	unsigned long x = strtoul(s, &end, 10);
-	if (errno != 0 || end == s || *end != '\0' || x > max)
-		return false;
-	*v = (unsigned)x;
-	return true;
-}
-
-static bool no_ctl(const char *s)
-{
-	for (; *s != '\0'; s++)
-		if ((unsigned char)*s < 0x20 || *s == 0x7f)
-			return false;
-	return true;
-}
-
 int main(int argc, char **argv)
 {
 	static const struct option lo[] = {
@@ -1454,21 +1331,21 @@ int main(int argc, char **argv)
 	while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (ch) {
 		case 'h': O.host = optarg; break;
-		case 'p': ok = ok && parse_uint(optarg, 65535, &port); break;
-		case 'c': ok = ok && parse_uint(optarg, MAX_CLIENTS, &O.clients); break;
+		case 'p': ok = ok && bench_parse_uint(optarg, 65535, &port); break;
+		case 'c': ok = ok && bench_parse_uint(optarg, MAX_CLIENTS, &O.clients); break;
 		case 't':
 			O.seconds = atof(optarg);
 			O.seconds_set = true;
 			break;
-		case 's': ok = ok && parse_uint(optarg, 64u << 20, &size); break;
+		case 's': ok = ok && bench_parse_uint(optarg, 64u << 20, &size); break;
 		case 'u': userlist = optarg; break;
 		case 'w': O.password = optarg; break;
-		case 'f': ok = ok && parse_uint(optarg, MAX_PREFILL, &O.prefill); break;
-		case 'F': ok = ok && parse_uint(optarg, 1000, &O.fetches); break;
-		case 'i': ok = ok && parse_uint(optarg, 600000, &O.idle_ms); break;
-		case 'R': ok = ok && parse_uint(optarg, 1000000, &O.rounds_per_login); break;
-		case 'I': ok = ok && parse_uint(optarg, MAX_IDLE_CONNS, &O.idle_conns); break;
-		case 'P': ok = ok && parse_uint(optarg, 1u << 30, &pid); break;
+		case 'f': ok = ok && bench_parse_uint(optarg, MAX_PREFILL, &O.prefill); break;
+		case 'F': ok = ok && bench_parse_uint(optarg, 1000, &O.fetches); break;
+		case 'i': ok = ok && bench_parse_uint(optarg, 600000, &O.idle_ms); break;
+		case 'R': ok = ok && bench_parse_uint(optarg, 1000000, &O.rounds_per_login); break;
+		case 'I': ok = ok && bench_parse_uint(optarg, MAX_IDLE_CONNS, &O.idle_conns); break;
+		case 'P': ok = ok && bench_parse_uint(optarg, 1u << 30, &pid); break;
 		case 'H': O.hold = atof(optarg); break;
 		case 'N': nodelist = optarg; break;
 		default: usage(); return 2;
@@ -1490,16 +1367,16 @@ int main(int argc, char **argv)
 		for (char *t = strtok_r(nodelist, ",", &save); t != NULL && ok;
 		     t = strtok_r(NULL, ",", &save)) {
 			unsigned v;
-			ok = O.nnode_pids < MAX_NODE_PIDS && parse_uint(t, 1u << 30, &v) && v > 0;
+			ok = O.nnode_pids < MAX_NODE_PIDS && bench_parse_uint(t, 1u << 30, &v) && v > 0;
 			if (ok)
 				O.node_pids[O.nnode_pids++] = (long)v;
 		}
 	}
 	bool users_ok = O.nusers > 0;
 	for (unsigned i = 0; i < O.nusers; i++)
-		users_ok = users_ok && no_ctl(O.users[i]) && strlen(O.users[i]) < 256;
+		users_ok = users_ok && bench_no_ctl(O.users[i], true) && strlen(O.users[i]) < 256;
 	if (!ok || optind != argc || O.port == 0 || !users_ok || O.password == NULL ||
-	    !no_ctl(O.password) || strlen(O.password) >= 256 || O.clients == 0 ||
+	    !bench_no_ctl(O.password, true) || strlen(O.password) >= 256 || O.clients == 0 ||
 	    O.seconds <= 0 || O.seconds > 86400 || O.size < 512 || O.rounds_per_login == 0 ||
 	    O.hold < 0 || O.hold > 86400) {
 		usage();
@@ -1510,7 +1387,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	struct sockaddr_in sa;
-	if (make_addr(&sa) < 0) {
+	if (bench_addr(&sa, O.host, O.port) < 0) {
 		fprintf(stderr, "mp-bench-imap: --host is not an IPv4 address\n");
 		return 2;
 	}
