@@ -17,22 +17,19 @@ makes its own domain and users, so tests stay independent of each other.
 """
 import base64
 import calendar
-import hashlib
-import hmac
 import imaplib
 import os
 import re
 import smtplib
 import socket
-import ssl
 import time
 import uuid
 
 import pytest
 
 from conftest import Cluster, _deployment, dev
+from mailtest import PASSWORD, LineConn, Scram, add_user, mk, tls_ctx
 
-PASSWORD = "correct horse battery staple"
 WAIT = 10.0          # longest wait for a pushed/propagated change (seconds)
 
 # The mailboxes every new account has (storage-node/store_ops.c), with the
@@ -231,38 +228,12 @@ def fetch_map(untagged):
     return out
 
 
-class Conn:
+class Conn(LineConn):
+    GREETING = (b"* OK", b"* PREAUTH")
+
     def __init__(self, port, tls=None, timeout=30):
-        s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        if tls is not None:
-            s = tls.wrap_socket(s, server_hostname="localhost")
-        self.sock = s
-        self.buf = b""
         self.n = 0
-        self.greeting = self.line()
-        assert self.greeting.startswith((b"* OK", b"* PREAUTH")), self.greeting
-
-    # -- bytes
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def _fill(self):
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise EOFError(f"connection closed; unread {self.buf!r}")
-        self.buf += chunk
-
-    def line(self):
-        while b"\r\n" not in self.buf:
-            self._fill()
-        ln, self.buf = self.buf.split(b"\r\n", 1)
-        return ln
-
-    def read(self, n):
-        while len(self.buf) < n:
-            self._fill()
-        d, self.buf = self.buf[:n], self.buf[n:]
-        return d
+        super().__init__(port, tls=tls, timeout=timeout)
 
     def response(self):
         """One response: a line with every literal it announces, as on the
@@ -275,21 +246,6 @@ class Conn:
             if not m:
                 return out
             out += b"\r\n" + self.read(int(m.group(1)))
-
-    def closed(self, timeout=10):
-        """True once the server has closed the connection (data that still
-        comes is kept in buf)."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                d = self.sock.recv(65536)
-                if not d:
-                    return True
-                self.buf += d
-        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
-            return True
-        except socket.timeout:
-            return False
 
     # -- commands
     def next_tag(self):
@@ -349,36 +305,12 @@ class Conn:
         assert r.status == "OK", r
         return r
 
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
 
 # ================================================================ helpers
-
-def tls_ctx(cluster):
-    return ssl.create_default_context(cafile=cluster.tls_ca)
-
 
 def q(s):
     """A quoted IMAP string."""
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def unique_domain():
-    return f"i{uuid.uuid4().hex[:10]}.test"
-
-
-def add_user(cluster, name="alice", domain=None, ctl=None):
-    ctl = ctl or cluster.ctl
-    dom = domain or unique_domain()
-    if domain is None:
-        ctl("domain", "add", dom)
-    u = f"{name}@{dom}"
-    ctl("user", "add", u, input=PASSWORD + "\n")
-    return u
 
 
 def connect(cluster, i=0, tls=True):
@@ -427,13 +359,6 @@ def append(c, mbox, msg, flags=None, date=None, plus=False):
     m = re.match(r"APPENDUID (\d+) (\d+)$", r.code or "", re.I)
     assert m, f"APPEND without [APPENDUID v uid] (RFC 4315 §3): {r}"
     return int(m.group(1)), int(m.group(2))
-
-
-def mk(subject, body="Hello.\r\n", extra="", frm="sender@example.org", date=None):
-    date = date or "Mon, 7 Dec 2026 10:00:00 +0000"
-    return (f"From: {frm}\r\nTo: rcpt@example.org\r\nSubject: {subject}\r\n"
-            f"Date: {date}\r\nMessage-ID: <{uuid.uuid4().hex}@example.org>\r\n"
-            f"{extra}\r\n{body}").encode()
 
 
 def status(c, mbox, items="MESSAGES UIDNEXT UIDVALIDITY UNSEEN"):
@@ -557,9 +482,8 @@ def scram_exchange(c, user, password, ir=True):
     the server signature (RFC 5802 §5: server-final-message, sent as a
     continuation since IMAP has no success data, RFC 4422 §3.6) is
     verified. Returns the tagged Res."""
-    cnonce = base64.b64encode(os.urandom(18)).decode()
-    first_bare = f"n={user},r={cnonce}"
-    first = base64.b64encode(("n,," + first_bare).encode())
+    sc = Scram(user, password)
+    first = sc.first()
     tag = c.next_tag()
     if ir:
         c.send(tag + b" AUTHENTICATE SCRAM-SHA-256 " + first + b"\r\n")
@@ -572,27 +496,12 @@ def scram_exchange(c, user, password, ir=True):
     if r.startswith(tag + b" "):
         return tagged(tag, r)
     assert r.startswith(b"+ "), r
-    server_first = base64.b64decode(r[2:]).decode()
-    attrs = dict(a.split("=", 1) for a in server_first.split(","))
-    assert attrs["r"].startswith(cnonce), server_first
-    salt = base64.b64decode(attrs["s"])
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, int(attrs["i"]))
-    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    final_wo_proof = f"c=biws,r={attrs['r']}"
-    auth_msg = f"{first_bare},{server_first},{final_wo_proof}".encode()
-    sig = hmac.new(stored_key, auth_msg, "sha256").digest()
-    proof = bytes(a ^ b for a, b in zip(client_key, sig))
-    c.send(base64.b64encode(
-        f"{final_wo_proof},p={base64.b64encode(proof).decode()}".encode()) + b"\r\n")
+    c.send(sc.final(r[2:]) + b"\r\n")
     r = c.response()
     if r.startswith(tag + b" "):
         return tagged(tag, r)
     assert r.startswith(b"+ "), r
-    server_final = base64.b64decode(r[2:]).decode()
-    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
-    want = base64.b64encode(hmac.new(server_key, auth_msg, "sha256").digest()).decode()
-    assert server_final == f"v={want}", "server signature does not verify"
+    sc.verify(r[2:])
     c.send(b"\r\n")
     return c.collect(tag)
 

@@ -7,7 +7,6 @@ see test_imap.py) and on disk, never through the clients' own reports.
 """
 import os
 import re
-import shutil
 import subprocess
 import time
 import uuid
@@ -16,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import _deployment
-from test_imap import PASSWORD, add_user, append, fl, q, select, session, status
+from mailtest import PASSWORD, add_user, bulk_message, run_curl, tool
+from test_imap import append, fl, q, select, session, status
 
 BULK = 1000
 
@@ -27,21 +27,7 @@ def clients_cluster(tmp_path_factory):
     yield from _deployment(tmp_path_factory.mktemp("imapcl") / "c", 1)
 
 
-def tool(name):
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed (deploy/local/packages.txt)")
-    return path
-
-
 # ================================================================ mbsync
-
-def bulk_message(n):
-    return (f"From: bulk@example.org\r\nTo: rcpt@example.org\r\n"
-            f"Subject: bulk {n:04d}\r\nMessage-ID: <bulk-{n}@example.org>\r\n"
-            f"Date: Mon, 7 Dec 2026 10:00:00 +0000\r\n\r\n"
-            f"message number {n}\r\n").encode()
-
 
 def fill(c, mbox, count, batch=100):
     """APPEND count messages over one session, pipelined with LITERAL+
@@ -247,13 +233,7 @@ def test_mbsync_scram_plaintext_port(clients_cluster, tmp_path):
 
 def curl(cluster, url, *args, user=None, password=PASSWORD, check=True):
     port = cluster.imaps_port() if url.startswith("imaps:") else cluster.imap_port()
-    cmd = [tool("curl"), "-sS", "--max-time", "60", "--cacert", cluster.tls_ca,
-           "--resolve", f"localhost:{port}:127.0.0.1", "--user", f"{user}:{password}",
-           *args, url.replace("PORT", str(port))]
-    r = subprocess.run(cmd, capture_output=True, timeout=90, stdin=subprocess.DEVNULL)
-    if check:
-        assert r.returncode == 0, f"curl {url} exited {r.returncode}: {r.stderr!r}"
-    return r
+    return run_curl(cluster, port, url, *args, user=user, password=password, check=check)
 
 
 def test_curl_list_fetch_search_upload(clients_cluster, tmp_path):

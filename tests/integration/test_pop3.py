@@ -26,15 +26,12 @@ Each test makes its own domain and user; most share one deployment per
 module (`pop3_cluster`, two frontends, --pop3_lock_lease=5s).
 """
 import base64
-import hashlib
-import hmac
 import mailbox
 import os
 import poplib
 import re
 import shutil
 import socket
-import ssl
 import subprocess
 import time
 import getpass
@@ -42,9 +39,10 @@ import getpass
 import pytest
 
 from conftest import Cluster, dev
-from test_imap import (PASSWORD, add_user, append, mk, session,
-                       smtp_deliver, status)
-from test_imap_clients import bulk_message, fill
+from mailtest import (PASSWORD, LineConn, Scram, add_user, bulk_message, mk, run_curl,
+                      tls_ctx, tool)
+from test_imap import append, session, smtp_deliver, status
+from test_imap_clients import fill
 
 LEASE = 5.0          # --pop3_lock_lease of the test deployments (seconds)
 MAX_CMD = 255        # RFC 2449 §4: command line length, CRLF included
@@ -75,42 +73,14 @@ def user(pop3_cluster):
     return add_user(pop3_cluster)
 
 
-def tls_ctx(cluster):
-    """Verifies the frontend's certificate for "localhost" with the test
-    CA (hostname checking on)."""
-    return ssl.create_default_context(cafile=cluster.tls_ca)
-
-
 # ========================================================== raw POP3 client
 
-class Pop:
+class Pop(LineConn):
     """A line-level POP3 client: what poplib would hide. Connects to
     127.0.0.1 and, with TLS, checks the certificate for "localhost"."""
 
-    def __init__(self, port, tls=None, timeout=30):
-        s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        if tls is not None:
-            s = tls.wrap_socket(s, server_hostname="localhost")
-        self.sock = s
-        self.buf = b""
-        self.greeting = self.line()
-        assert self.greeting.startswith(b"+OK"), self.greeting
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def _fill(self):
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise EOFError(f"connection closed; unread {self.buf!r}")
-        self.buf += chunk
-
-    def line(self):
-        while b"\r\n" not in self.buf:
-            assert len(self.buf) < 1 << 20, "no CRLF in 1 MiB of response"
-            self._fill()
-        ln, self.buf = self.buf.split(b"\r\n", 1)
-        return ln
+    GREETING = b"+OK"
+    MAX_LINE = 1 << 20           # no CRLF in 1 MiB of response: a failure
 
     def cmd(self, line):
         """Send one command line; return the status line."""
@@ -153,27 +123,6 @@ class Pop:
     def starttls(self, ctx):
         assert self.buf == b"", f"data after +OK to STLS: {self.buf!r}"
         self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")
-
-    def closed(self, timeout=10):
-        """True once the server has closed the connection."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                d = self.sock.recv(65536)
-                if not d:
-                    return True
-                self.buf += d
-        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
-            return True
-        except socket.timeout:
-            return False
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
 
 def connect(cluster, i=0, tls=True):
     """A session on frontend i: implicit TLS (pop3s) or plaintext (pop3)."""
@@ -311,9 +260,8 @@ def scram(c, user, password, ir=True):
     as a challenge that the client answers with an empty line (RFC 5034 §4,
     as RFC 4954 for SMTP), and its signature is verified. Returns the
     final status line."""
-    cnonce = base64.b64encode(os.urandom(18)).decode()
-    first_bare = f"n={user},r={cnonce}"
-    first = base64.b64encode(("n,," + first_bare).encode())
+    sc = Scram(user, password)
+    first = sc.first()
     if ir:
         r = c.cmd(b"AUTH SCRAM-SHA-256 " + first)
     else:
@@ -324,27 +272,12 @@ def scram(c, user, password, ir=True):
         r = c.cmd(first)
     if not r.startswith(b"+ "):
         return r
-    server_first = base64.b64decode(r[2:]).decode()
-    attrs = dict(a.split("=", 1) for a in server_first.split(","))
-    assert attrs["r"].startswith(cnonce) and len(attrs["r"]) > len(cnonce), server_first
-    salt = base64.b64decode(attrs["s"])
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, int(attrs["i"]))
-    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    final_wo_proof = f"c=biws,r={attrs['r']}"
-    auth_msg = f"{first_bare},{server_first},{final_wo_proof}".encode()
-    sig = hmac.new(stored_key, auth_msg, "sha256").digest()
-    proof = bytes(a ^ b for a, b in zip(client_key, sig))
-    r = c.cmd(base64.b64encode(
-        f"{final_wo_proof},p={base64.b64encode(proof).decode()}".encode()))
+    r = c.cmd(sc.final(r[2:]))
     if r.startswith(b"-ERR"):
         return r
     assert r.startswith(b"+ "), \
         f"SCRAM: expected the server-final-message (v=) as a challenge, got {r!r}"
-    server_final = base64.b64decode(r[2:]).decode()
-    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
-    want = base64.b64encode(hmac.new(server_key, auth_msg, "sha256").digest()).decode()
-    assert server_final == f"v={want}", "server signature does not verify"
+    sc.verify(r[2:])
     return c.cmd(b"")
 
 
@@ -1024,23 +957,10 @@ def test_lock_lease_renewed_and_freed_after_kill9(pop3_cluster, user):
 
 # =============================================================== clients
 
-def tool(name):
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed (deploy/local/packages.txt)")
-    return path
-
-
 def curl(cluster, url, *args, user=None, password=PASSWORD, check=True):
     tls = url.startswith("pop3s:")
     port = cluster.pop3s_port() if tls else cluster.pop3_port()
-    cmd = [tool("curl"), "-sS", "--max-time", "60", "--cacert", cluster.tls_ca,
-           "--resolve", f"localhost:{port}:127.0.0.1", "--user", f"{user}:{password}",
-           *args, url.replace("PORT", str(port))]
-    r = subprocess.run(cmd, capture_output=True, timeout=90, stdin=subprocess.DEVNULL)
-    if check:
-        assert r.returncode == 0, f"curl {url} exited {r.returncode}: {r.stderr!r}"
-    return r
+    return run_curl(cluster, port, url, *args, user=user, password=password, check=check)
 
 
 def test_curl_list_and_retrieve(pop3_cluster, user):

@@ -61,7 +61,6 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/types.h>
-#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -515,7 +514,8 @@ static int sess_login(struct sess *s)
 	}
 	s->literal_plus = memmem(sg.p, sg.n, "LITERAL+", 8) != NULL;
 	char qu[600], qp[600];
-	if (bench_quote(qu, sizeof(qu), O.users[s->user]) < 0 || bench_quote(qp, sizeof(qp), O.password) < 0) {
+	if (bench_quote(qu, sizeof(qu), O.users[s->user]) < 0 ||
+	    bench_quote(qp, sizeof(qp), O.password) < 0) {
 		sess_close(s);
 		return -1;
 	}
@@ -543,7 +543,8 @@ static void sess_logout(struct sess *s)
 static void sess_new_token(struct sess *s)
 {
 	static const char hex[] = "0123456789abcdef";
-	uint64_t t = ((uint64_t)s->idx << 40) ^ (s->appended++ << 8) ^ (bench_rng_next(&s->rng) >> 56);
+	uint64_t t = ((uint64_t)s->idx << 40) ^ (s->appended++ << 8) ^
+		     (bench_rng_next(&s->rng) >> 56);
 	for (int i = 15; i >= 0; i--) {
 		s->msg[s->token_off + (size_t)i] = hex[t & 15];
 		t >>= 4;
@@ -841,12 +842,8 @@ static int run_prefill(void)
 		sess_free(&ss[i]);
 	}
 	double el = bench_now_s() - t0;
-	uint64_t done = atomic_load(&n_prefilled);
-	printf("prefill users=%u per_user=%u appended=%" PRIu64 " seconds=%.1f appends_per_s=%.0f"
-	       " errors=%" PRIu64 "\n",
-	       n, O.prefill, done, el, el > 0 ? (double)done / el : 0.0,
-	       (uint64_t)atomic_load(&n_prefill_errors));
-	fflush(stdout);
+	bench_print_prefill(n, O.prefill, atomic_load(&n_prefilled), el,
+			    atomic_load(&n_prefill_errors));
 	free(ss);
 	free(th);
 	return ret < 0 || atomic_load(&n_prefill_errors) > 0 ? -1 : 0;
@@ -882,20 +879,9 @@ static int run_load(void)
 	       atomic_load(&S[C_LOGIN].no) + atomic_load(&S[C_LOGIN].bad) == 0 &&
 	       bench_now_s() - tw < WARMUP_MAX_S)
 		bench_sleep_s(0.05);
-	double t0 = bench_now_s();
-	printf("# warmup: %" PRIu64 " of %u clients logged in after %.2f s\n",
-	       (uint64_t)atomic_load(&n_ready), O.clients, t0 - tw);
-	atomic_store(&measuring, true);
-	if (started == O.clients)
-		bench_sleep_s(O.seconds);
-	/* The window ends here: what completes later is not counted. */
-	atomic_store(&measuring, false);
-	atomic_store(&stop_flag, true);
-	double el = bench_now_s() - t0;
-	double tg = bench_now_s();
-	while (atomic_load(&n_finished) < started && bench_now_s() - tg < STOP_GRACE_S)
-		bench_sleep_s(0.02);
-	uint64_t busy = started - atomic_load(&n_finished);
+	double el = bench_window(tw, atomic_load(&n_ready), O.clients, started == O.clients,
+				 O.seconds, &measuring, &stop_flag);
+	uint64_t busy = bench_wait_finished(&n_finished, started, STOP_GRACE_S);
 	if (busy > 0) {
 		/* A client still waiting for a reply after the grace: end it now
 		 * rather than after RECV_TIMEOUT_S, and say so. */

@@ -51,7 +51,6 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/types.h>
-#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -655,11 +654,8 @@ static int run_prefill(void)
 		sess_free(&ss[i]);
 	}
 	double el = bench_now_s() - t0;
-	uint64_t done = atomic_load(&n_prefilled);
-	printf("prefill users=%u per_user=%u appended=%" PRIu64 " seconds=%.1f appends_per_s=%.0f"
-	       " errors=%" PRIu64 "\n",
-	       n, O.prefill, done, el, el > 0 ? (double)done / el : 0.0,
-	       (uint64_t)atomic_load(&n_prefill_errors));
+	bench_print_prefill(n, O.prefill, atomic_load(&n_prefilled), el,
+			    atomic_load(&n_prefill_errors));
 	free(ss);
 	free(th);
 	return ret < 0 || atomic_load(&n_prefill_errors) > 0 ? -1 : 0;
@@ -686,20 +682,9 @@ static int run_load(void)
 	while (started == O.clients && atomic_load(&n_ready) < O.clients &&
 	       atomic_load(&S[C_USERPASS].err) == 0 && bench_now_s() - tw < WARMUP_MAX_S)
 		bench_sleep_s(0.05);
-	double t0 = bench_now_s();
-	printf("# warmup: %" PRIu64 " of %u clients logged in after %.2f s\n",
-	       (uint64_t)atomic_load(&n_ready), O.clients, t0 - tw);
-	atomic_store(&measuring, true);
-	if (started == O.clients)
-		bench_sleep_s(O.seconds);
-	/* The window ends here: what completes later is not counted. */
-	atomic_store(&measuring, false);
-	atomic_store(&stop_flag, true);
-	double el = bench_now_s() - t0;
-	double tg = bench_now_s();
-	while (atomic_load(&n_finished) < started && bench_now_s() - tg < STOP_GRACE_S)
-		bench_sleep_s(0.02);
-	uint64_t busy = started - atomic_load(&n_finished);
+	double el = bench_window(tw, atomic_load(&n_ready), O.clients, started == O.clients,
+				 O.seconds, &measuring, &stop_flag);
+	uint64_t busy = bench_wait_finished(&n_finished, started, STOP_GRACE_S);
 	if (busy > 0) {
 		printf("# stop: %" PRIu64 " clients still busy %.0f s after the end; "
 		       "their sockets are shut down\n", busy, STOP_GRACE_S);

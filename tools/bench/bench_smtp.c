@@ -30,6 +30,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
+
 #define MAX_SESSIONS 1000
 #define MAX_TO 64
 #define MAX_SAMPLES (1u << 22)
@@ -57,13 +59,6 @@ static atomic_uint_fast64_t nsamples;
 static char *body;                 /* the message, dot-stuffing free */
 static size_t body_len;
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 struct conn {
 	int fd;
 	char buf[8192];
@@ -73,10 +68,7 @@ struct conn {
 static int conn_open(struct conn *c)
 {
 	struct sockaddr_in sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((uint16_t)O.port);
-	if (inet_pton(AF_INET, O.host, &sa.sin_addr) != 1)
+	if (bench_addr(&sa, O.host, O.port) < 0)
 		return -1;
 	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->fd < 0)
@@ -96,16 +88,7 @@ static int conn_open(struct conn *c)
 
 static int send_all(struct conn *c, const char *p, size_t n)
 {
-	while (n > 0) {
-		ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
+	return bench_send_all(c->fd, p, n, 0);
 }
 
 /* Read one whole reply; its code, or -1. */
@@ -172,11 +155,11 @@ static void *session(void *arg)
 			}
 			if (send_all(&c, body, body_len) < 0)
 				break;
-			double t0 = now_s();
+			double t0 = bench_now_s();
 			if (send_all(&c, ".\r\n", 3) < 0)
 				break;
 			int code = reply(&c);
-			double ms = (now_s() - t0) * 1000.0;
+			double ms = (bench_now_s() - t0) * 1000.0;
 			if (code < 0)
 				break;
 			if (code == 250 && good) {
@@ -193,12 +176,6 @@ static void *session(void *arg)
 			atomic_fetch_add(&n_errors, 1);
 	}
 	return NULL;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
 }
 
 static void usage(void)
@@ -258,7 +235,7 @@ int main(int argc, char **argv)
 		body_len += 78;
 	}
 	pthread_t th[MAX_SESSIONS];
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	for (unsigned i = 0; i < O.sessions; i++)
 		if (pthread_create(&th[i], NULL, session, (void *)(uintptr_t)i) != 0)
 			return 1;
@@ -268,11 +245,11 @@ int main(int argc, char **argv)
 	atomic_store(&stop_flag, true);
 	for (unsigned i = 0; i < O.sessions; i++)
 		pthread_join(th[i], NULL);
-	double el = now_s() - t0;
+	double el = bench_now_s() - t0;
 	uint64_t ns = atomic_load(&nsamples);
 	if (ns > MAX_SAMPLES)
 		ns = MAX_SAMPLES;
-	qsort(samples, ns, sizeof(*samples), cmp_d);
+	qsort(samples, ns, sizeof(*samples), bench_cmp_d);
 	double p50 = ns ? samples[ns / 2] : 0, p99 = ns ? samples[(ns * 99) / 100] : 0;
 	struct utsname u;
 	uname(&u);

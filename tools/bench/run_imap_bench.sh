@@ -26,10 +26,10 @@
 # 127.0.0.1.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BUILD=${1:-${MERPATI_BUILD_DIR:-$ROOT/build}}
-BUILD=$(cd "$BUILD" && pwd)
-export MERPATI_BUILD_DIR=$BUILD
+BENCH_NAME=run_imap_bench
+# shellcheck source-path=SCRIPTDIR source=bench_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bench_lib.sh"
+bench_build "${1:-}"
 
 SECS=${BENCH_SECONDS:-20}
 CLIENTS=${BENCH_CLIENTS:-10 100}
@@ -42,13 +42,8 @@ IDLE_HASH=${IDLE_HASH:-sha512}
 DOMAIN=bench.test
 PASSWORD="bench-$$-password"
 
-die() { echo "run_imap_bench: $*" >&2; exit 1; }
-
 BENCH=$BUILD/tools/bench/mp-bench-imap
-CTL=$BUILD/tools/merpatictl
-for b in "$BENCH" "$CTL" "$BUILD/frontend/merpati-frontend"; do
-	[[ -x $b ]] || die "$b is missing: build $BUILD first"
-done
+bench_need_bins "$BENCH"
 [[ $IDLE_CONNS =~ ^[0-9]+$ ]] || die "IDLE_CONNS wants a number"
 [[ $IDLE_HASH == sha512 || $IDLE_HASH == yescrypt ]] || die "IDLE_HASH: sha512 or yescrypt"
 
@@ -67,41 +62,15 @@ if [[ $soft != unlimited ]] && ((soft < need)); then
 fi
 MAXCONN=$((IDLE_CONNS + 1000))
 
-DIR=$(mktemp -d "${TMPDIR:-/tmp}/mp-imap-bench.XXXXXX")
-cleanup() {
-	local rc=$?
-	"$ROOT/dev" down --dir "$DIR" >/dev/null 2>&1 || echo "run_imap_bench: ./dev down --dir $DIR failed" >&2
-	if [[ ${KEEP_DIR:-0} == 1 ]]; then
-		echo "run_imap_bench: deployment directory kept: $DIR" >&2
-	else
-		rm -rf -- "$DIR"
-	fi
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-echo "== starting 3 nodes + 1 frontend in $DIR (build $BUILD)"
-"$ROOT/dev" up --dir "$DIR" --nodes 3 --frontends 1 \
-	--frontend-arg=--allow_plaintext_auth=true \
-	--frontend-arg=--max_connections=$MAXCONN \
-	--frontend-arg=--max_connections_per_ip=$MAXCONN >/dev/null
-# shellcheck disable=SC1091
-. "$DIR/cluster.env"
+bench_up mp-imap-bench.XXXXXX "$MAXCONN"
 [[ -n ${IMAP_PORT:-} ]] || die "no IMAP port in $DIR/cluster.env"
 read -r -a fe_pids <<<"$FRONTEND_PIDS"
 FE_PID=${fe_pids[0]}
 
 echo "== creating $NUSERS users in $DOMAIN"
-rc=0
-"$CTL" domain add "$DOMAIN" >/dev/null || rc=$?
-((rc == 0 || rc == 3)) || die "merpatictl domain add: exit $rc"
-users=()
-for ((i = 1; i <= NUSERS; i++)); do
-	printf '%s\n' "$PASSWORD" | "$CTL" user add "u$i@$DOMAIN" >/dev/null
-	users+=("u$i@$DOMAIN")
-done
-USERS=$(IFS=,; echo "${users[*]}")
+bench_domain_add
+bench_add_users u "$NUSERS"
+USERS=$BENCH_USER_LIST
 
 for c in $CLIENTS; do
 	echo "== load: $c clients, $NUSERS users, ${SECS}s, prefill $PREFILL/user"
@@ -112,20 +81,12 @@ done
 
 if ((IDLE_CONNS > 0)); then
 	echo "== idle: $IDLE_CONNS connections (LOGIN, SELECT INBOX, IDLE), $IDLE_HASH hashes"
-	iusers=()
 	ihash=
 	if [[ $IDLE_HASH == sha512 ]]; then
-		ihash=$(printf '%s\n' "$PASSWORD" | openssl passwd -6 -stdin)
+		ihash=$(bench_sha512_hash)
 	fi
-	for ((i = 1; i <= NUSERS; i++)); do
-		if [[ -n $ihash ]]; then
-			printf '%s\n' "$ihash" | "$CTL" user add "idle$i@$DOMAIN" --hash-stdin >/dev/null
-		else
-			printf '%s\n' "$PASSWORD" | "$CTL" user add "idle$i@$DOMAIN" >/dev/null
-		fi
-		iusers+=("idle$i@$DOMAIN")
-	done
-	IUSERS=$(IFS=,; echo "${iusers[*]}")
+	bench_add_users idle "$NUSERS" "$ihash"
+	IUSERS=$BENCH_USER_LIST
 	# A fresh frontend process, so that its RSS holds no heap the load runs
 	# left behind (freed memory the idle connections would reuse).
 	"$ROOT/dev" restart --dir "$DIR" --frontend 0 >/dev/null

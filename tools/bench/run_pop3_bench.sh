@@ -27,10 +27,10 @@
 # 127.0.0.1.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BUILD=${1:-${MERPATI_BUILD_DIR:-$ROOT/build}}
-BUILD=$(cd "$BUILD" && pwd)
-export MERPATI_BUILD_DIR=$BUILD
+BENCH_NAME=run_pop3_bench
+# shellcheck source-path=SCRIPTDIR source=bench_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bench_lib.sh"
+bench_build "${1:-}"
 
 SECS=${BENCH_SECONDS:-15}
 CLIENTS=${BENCH_CLIENTS:-10 100}
@@ -41,13 +41,8 @@ HASHES=${BENCH_HASHES:-sha512 yescrypt}
 DOMAIN=bench.test
 PASSWORD="bench-$$-password"
 
-die() { echo "run_pop3_bench: $*" >&2; exit 1; }
-
 BENCH=$BUILD/tools/bench/mp-bench-pop3
-CTL=$BUILD/tools/merpatictl
-for b in "$BENCH" "$CTL" "$BUILD/frontend/merpati-frontend"; do
-	[[ -x $b ]] || die "$b is missing: build $BUILD first"
-done
+bench_need_bins "$BENCH"
 NUSERS=0
 for c in $CLIENTS; do
 	[[ $c =~ ^[1-9][0-9]*$ ]] || die "BENCH_CLIENTS wants numbers"
@@ -58,55 +53,25 @@ for h in $HASHES; do
 done
 MAXCONN=$((NUSERS + 1000))
 
-DIR=$(mktemp -d "${TMPDIR:-/tmp}/mp-pop3-bench.XXXXXX")
-cleanup() {
-	local rc=$?
-	"$ROOT/dev" down --dir "$DIR" >/dev/null 2>&1 || echo "run_pop3_bench: ./dev down --dir $DIR failed" >&2
-	if [[ ${KEEP_DIR:-0} == 1 ]]; then
-		echo "run_pop3_bench: deployment directory kept: $DIR" >&2
-	else
-		rm -rf -- "$DIR"
-	fi
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-echo "== starting 3 nodes + 1 frontend in $DIR (build $BUILD)"
-"$ROOT/dev" up --dir "$DIR" --nodes 3 --frontends 1 \
-	--frontend-arg=--allow_plaintext_auth=true \
-	--frontend-arg=--max_connections=$MAXCONN \
-	--frontend-arg=--max_connections_per_ip=$MAXCONN >/dev/null
-# shellcheck disable=SC1091
-. "$DIR/cluster.env"
+bench_up mp-pop3-bench.XXXXXX "$MAXCONN"
 [[ -n ${POP3_PORT:-} ]] || die "no POP3 port in $DIR/cluster.env"
 [[ -n ${IMAP_PORT:-} ]] || die "no IMAP port in $DIR/cluster.env (needed for the prefill)"
 
-rc=0
-"$CTL" domain add "$DOMAIN" >/dev/null || rc=$?
-((rc == 0 || rc == 3)) || die "merpatictl domain add: exit $rc"
+bench_domain_add
 
 for h in $HASHES; do
 	if [[ $h == sha512 ]]; then
 		prefix=u
-		hash=$(printf '%s\n' "$PASSWORD" | openssl passwd -6 -stdin)
+		hash=$(bench_sha512_hash)
 	else
 		prefix=yu
 		hash=
 	fi
 	echo "== creating $NUSERS users ${prefix}1..${prefix}$NUSERS in $DOMAIN ($h hashes)"
 	t0=$SECONDS
-	users=()
-	for ((i = 1; i <= NUSERS; i++)); do
-		if [[ -n $hash ]]; then
-			printf '%s\n' "$hash" | "$CTL" user add "$prefix$i@$DOMAIN" --hash-stdin >/dev/null
-		else
-			printf '%s\n' "$PASSWORD" | "$CTL" user add "$prefix$i@$DOMAIN" >/dev/null
-		fi
-		users+=("$prefix$i@$DOMAIN")
-	done
+	bench_add_users "$prefix" "$NUSERS" "$hash"
 	echo "   ($((SECONDS - t0)) s)"
-	USERS=$(IFS=,; echo "${users[*]}")
+	USERS=$BENCH_USER_LIST
 	for c in $CLIENTS; do
 		echo "== load: hash=$h, $c clients (one user each), ${SECS}s, prefill $PREFILL/user, $RETRS RETR/session"
 		"$BENCH" --port "$POP3_PORT" --imap-port "$IMAP_PORT" --users "$USERS" \
