@@ -238,6 +238,9 @@ static int parse_fetch(struct imap_sess *s, const struct imap_command *cmd,
 		case IMAP_FA_MODSEQ:
 			f->want_modseq = true;
 			break;
+		case IMAP_FA_THREADID:
+			f->need_body = true; /* from the References of the header */
+			break;
 		default:
 			break;
 		}
@@ -419,6 +422,42 @@ static int out_section(struct imap_sess *s, const struct imap_fetch_att *a,
 	return 0;
 }
 
+/* RFC 8474 THREADID: the thread's root message as the References (or
+ * In-Reply-To) field names it, else the message's own Message-ID, hashed
+ * (FNV-1a 64); NIL for a message with none of them. Every reply naming
+ * the same root shares it. */
+static void out_threadid(struct imap_sess *s, const char *msg, size_t len)
+{
+	size_t hl = imap_hdr_block_len(msg, len);
+	static const char *const fields[] = { "References", "In-Reply-To", "Message-ID" };
+	struct mp_buf v;
+	mp_buf_init(&v, 0);
+	const char *id = NULL;
+	size_t idlen = 0;
+	for (size_t f = 0; f < 3 && id == NULL; f++) {
+		mp_buf_reset(&v);
+		if (imap_hdr_get(msg, hl, fields[f], &v) != 1 || v.data == NULL)
+			continue;
+		const char *lt = memchr(v.data, '<', v.len);
+		const char *gt = lt ? memchr(lt, '>', v.len - (size_t)(lt - v.data)) : NULL;
+		if (lt != NULL && gt != NULL && gt > lt + 1) {
+			id = lt + 1;
+			idlen = (size_t)(gt - lt - 1);
+		}
+	}
+	if (id == NULL) {
+		imap_out(s, "THREADID NIL");
+	} else {
+		uint64_t h = 0xcbf29ce484222325ull;
+		for (size_t i = 0; i < idlen; i++) {
+			h ^= (unsigned char)id[i];
+			h *= 0x100000001b3ull;
+		}
+		imap_out(s, "THREADID (T%016llx)", (unsigned long long)h);
+	}
+	mp_buf_free(&v);
+}
+
 /* One message's FETCH response. 0, or an error that ends the command. */
 static int fetch_one(struct imap_sess *s, struct fetch_state *f,
 		     const Merpati__V1__MessageIndex *m, char **err_r)
@@ -529,7 +568,7 @@ static int fetch_one(struct imap_sess *s, struct fetch_state *f,
 			break;
 		}
 		case IMAP_FA_THREADID:
-			imap_out(s, "THREADID NIL");
+			out_threadid(s, (const char *)body.data, body.len);
 			break;
 		case IMAP_FA_SAVEDATE:
 			imap_out(s, "SAVEDATE NIL");

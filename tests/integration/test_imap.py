@@ -1851,6 +1851,37 @@ def test_move_keeps_emailid(imap_cluster, user):
         c.close()
 
 
+def test_threadid(imap_cluster, user):
+    """OBJECTID (RFC 8474 §5.2): THREADID is shared by the messages of one
+    thread (a reply names the root in References or In-Reply-To), differs
+    between threads, and is NIL for a message without any message id."""
+    c = session(imap_cluster, user)
+    try:
+        root = b"Message-ID: <root@t.example>\r\nSubject: t\r\n\r\nroot\r\n"
+        reply = (b"Message-ID: <r1@t.example>\r\nReferences: <root@t.example>\r\n"
+                 b"Subject: Re: t\r\n\r\nreply\r\n")
+        reply2 = (b"Message-ID: <r2@t.example>\r\nIn-Reply-To: <root@t.example>\r\n"
+                  b"Subject: Re: t\r\n\r\nreply\r\n")
+        other = b"Message-ID: <other@t.example>\r\nSubject: o\r\n\r\nother\r\n"
+        none = b"Subject: no id\r\n\r\nx\r\n"
+        for m in (root, reply, reply2, other, none):
+            append(c, "INBOX", m)
+        select(c, "INBOX")
+        r = c.ok("FETCH 1:5 (THREADID)")
+        raw = [u for u in r.untagged if b"THREADID" in u]
+        assert len(raw) == 5, r
+        ids = {}
+        for u in raw:
+            m = re.search(rb"^(\d+) FETCH \(THREADID (NIL|\(([A-Za-z0-9_-]{1,255})\))\)$", u)
+            assert m, u
+            ids[int(m.group(1))] = m.group(3)
+        assert ids[1] is not None and ids[1] == ids[2] == ids[3], ids
+        assert ids[4] is not None and ids[4] != ids[1], ids
+        assert ids[5] is None, ids
+    finally:
+        c.close()
+
+
 # ================================================== CONDSTORE / QRESYNC
 
 def vanished(untagged, earlier):
